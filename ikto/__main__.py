@@ -1,0 +1,3 @@
+from ikto.cli import main
+
+main()

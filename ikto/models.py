@@ -1,0 +1,82 @@
+"""Typed values shared by the modules: mesh entries, WireGuard's view, the apply plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ikto.ipam import Address, Network
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A validated mesh node, as the bucket describes it (v0.3 entry format)."""
+
+    name: str
+    public_key: str
+    advertise_address: Address
+    allowed_ip: Network
+    wg_port: int
+
+    @property
+    def endpoint(self) -> str:
+        """host:port as WireGuard writes it (IPv6 in brackets)."""
+        if self.advertise_address.version == 6:
+            return f"[{self.advertise_address}]:{self.wg_port}"
+        return f"{self.advertise_address}:{self.wg_port}"
+
+    def to_entry(self) -> dict[str, object]:
+        """The JSON object stored in the bucket (readable by ikto v0.3)."""
+        return {
+            "name": self.name,
+            "public_key": self.public_key,
+            "advertise_address": str(self.advertise_address),
+            "allowed_ip": str(self.allowed_ip),
+            "wg_port": self.wg_port,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WgPeer:
+    """One peer as `wg show <dev> dump` reports it."""
+
+    public_key: str
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    latest_handshake: int
+    rx_bytes: int
+    tx_bytes: int
+    persistent_keepalive: int
+
+
+@dataclass(frozen=True, slots=True)
+class WgDevice:
+    """The interface line of `wg show <dev> dump` plus its peers."""
+
+    public_key: str
+    listen_port: int
+    fwmark: int
+    peers: dict[str, WgPeer] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """What we want WireGuard to hold for one peer."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    endpoint: str
+    persistent_keepalive: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The difference to apply: peers to set (add or change) and public keys to remove."""
+
+    set: tuple[PeerConfig, ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.remove)
+
+    def __len__(self) -> int:
+        return len(self.set) + len(self.remove)
