@@ -1,0 +1,193 @@
+"""The mesh as the bucket describes it: every entry validated on its own, conflicts settled.
+
+Pure and incremental: applying one bucket event costs O(1) (plus the handful of entries
+that share its public key), and reports which WireGuard peers (by public key) may need
+to change. Nothing here touches NATS or WireGuard.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
+
+from ikto import ipam, keys
+from ikto.config import unusable_endpoint_reason
+from ikto.ipam import Network
+from ikto.models import Peer
+
+MAX_VALUE_BYTES = 4096
+REQUIRED = ("name", "public_key", "advertise_address", "allowed_ip", "wg_port")
+
+
+class EntryError(ValueError):
+    """Why a bucket entry was rejected (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSpec:
+    """What every entry is checked against."""
+
+    cidr: Network
+    prefix: int
+    self_public_key: str
+    self_key: str  # our own bucket key
+
+    def with_self_key(self, key: str) -> MeshSpec:
+        return MeshSpec(self.cidr, self.prefix, self.self_public_key, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An entry that was skipped, and why."""
+
+    key: str
+    revision: int
+    reason: str
+
+
+def _is_printable(s: str) -> bool:
+    return all(32 <= ord(c) != 127 for c in s)
+
+
+def parse_entry(key: str, value: bytes, spec: MeshSpec) -> Peer:
+    """Validate one bucket entry on its own; raise EntryError with the reason."""
+    if len(value) > MAX_VALUE_BYTES:
+        raise EntryError(f"value is {len(value)} bytes (limit {MAX_VALUE_BYTES})")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EntryError("value is not UTF-8") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EntryError(f"value is not JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(data, dict):
+        raise EntryError(f"value is a JSON {type(data).__name__}, not an object")
+    if "allowed_ip" not in data and "private_cidr" in data:  # pre-v0.3 name of the field
+        data["allowed_ip"] = data["private_cidr"]
+    missing = [f for f in REQUIRED if f not in data]
+    if missing:
+        raise EntryError(f"missing field(s): {', '.join(missing)}")
+    for f in ("name", "public_key", "advertise_address", "allowed_ip"):
+        if not isinstance(data[f], str):
+            raise EntryError(f"{f} is a {type(data[f]).__name__}, not a string")
+    port = data["wg_port"]
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise EntryError(f"wg_port is a {type(port).__name__}, not an integer")
+    if not 1 <= port <= 65535:
+        raise EntryError(f"wg_port {port} is out of range 1-65535")
+
+    name = data["name"]
+    if len(name) > 64 or not _is_printable(name):
+        raise EntryError("name has control characters or is longer than 64 characters")
+
+    if not keys.is_valid_public_key(data["public_key"]):
+        raise EntryError("public_key is not a 32-byte base64 key (or is all zeros)")
+    public_key = data["public_key"]
+
+    try:
+        allowed = ip_network(data["allowed_ip"], strict=True)
+    except ValueError:
+        raise EntryError(f"allowed_ip {data['allowed_ip']!r} is not a network in CIDR form") from None
+    if allowed.version != spec.cidr.version or not allowed.subnet_of(spec.cidr):  # type: ignore[arg-type]
+        raise EntryError(f"allowed_ip {allowed} is outside the mesh {spec.cidr}")
+    if allowed.prefixlen != spec.prefix:
+        raise EntryError(f"allowed_ip {allowed} is not a /{spec.prefix} (the mesh's subnet size)")
+    if key != ipam.peer_key(allowed):
+        raise EntryError(f"key does not match allowed_ip {allowed} (expected {ipam.peer_key(allowed)})")
+
+    try:
+        adv = ip_address(data["advertise_address"])
+    except ValueError:
+        raise EntryError(f"advertise_address {data['advertise_address']!r} is not an IP address") from None
+    reason = unusable_endpoint_reason(adv)
+    if reason:
+        raise EntryError(f"advertise_address {adv} is {reason}")
+    if adv.version == spec.cidr.version and adv in spec.cidr:
+        raise EntryError(f"advertise_address {adv} is inside the mesh")
+
+    if public_key == spec.self_public_key and key != spec.self_key:
+        raise EntryError("uses our public key")
+    if key == spec.self_key and public_key != spec.self_public_key:
+        raise EntryError("claims our address with another public key")
+    return Peer(name, public_key, adv, allowed, port)
+
+
+class Mesh:
+    """The validated entries of the bucket, and the winning peer per public key."""
+
+    def __init__(self, spec: MeshSpec) -> None:
+        self.spec = spec
+        self.entries: dict[str, tuple[int, Peer]] = {}
+        self.rejected: dict[str, Rejection] = {}
+        self._by_pubkey: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, key: str, value: bytes, revision: int) -> tuple[set[str], Rejection | None]:
+        """Apply a PUT. Returns (public keys to re-check, the new rejection if any)."""
+        touched = self._drop(key)
+        try:
+            peer = parse_entry(key, value, self.spec)
+        except EntryError as e:
+            old = self.rejected.get(key)
+            rej = Rejection(key, revision, str(e))
+            self.rejected[key] = rej
+            new = None if old is not None and old.reason == rej.reason else rej
+            return touched, new
+        self.rejected.pop(key, None)
+        self.entries[key] = (revision, peer)
+        self._by_pubkey.setdefault(peer.public_key, set()).add(key)
+        touched.add(peer.public_key)
+        return touched, None
+
+    def delete(self, key: str) -> set[str]:
+        """Apply a DEL or PURGE. Returns the public keys to re-check."""
+        self.rejected.pop(key, None)
+        return self._drop(key)
+
+    def _drop(self, key: str) -> set[str]:
+        old = self.entries.pop(key, None)
+        if old is None:
+            return set()
+        pk = old[1].public_key
+        holders = self._by_pubkey.get(pk)
+        if holders is not None:
+            holders.discard(key)
+            if not holders:
+                del self._by_pubkey[pk]
+        return {pk}
+
+    def winner(self, public_key: str) -> Peer | None:
+        """The peer WireGuard should hold for a public key: the earliest revision wins."""
+        holders = self._by_pubkey.get(public_key)
+        if not holders:
+            return None
+        if len(holders) == 1:
+            (key,) = holders
+            return self.entries[key][1]
+        key = min(holders, key=lambda k: self.entries[k][0])
+        return self.entries[key][1]
+
+    def losers(self) -> dict[str, str]:
+        """Keys that lost a public-key conflict, with the key that won."""
+        out: dict[str, str] = {}
+        for holders in self._by_pubkey.values():
+            if len(holders) > 1:
+                win = min(holders, key=lambda k: self.entries[k][0])
+                out.update({k: win for k in holders if k != win})
+        return out
+
+    def peers(self) -> list[Peer]:
+        """Every winning peer except ourselves."""
+        return [
+            p
+            for pk in self._by_pubkey
+            if pk != self.spec.self_public_key and (p := self.winner(pk)) is not None
+        ]
+
+    def revision_of(self, key: str) -> int | None:
+        e = self.entries.get(key)
+        return e[0] if e else None
