@@ -1,0 +1,331 @@
+"""The `ikto` command line: thin; every command resolves a config and calls one module.
+
+Exit codes: 0 success, 1 runtime failure (NATS, WireGuard), 2 bad input (flags, config, key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ikto import __version__, ipam, keys
+from ikto.config import DEFAULT_MESH, DEFAULT_PREFIX, DEFAULT_SOCKET, ConfigError, load_config, write_config
+from ikto.errors import IktoError, UsageError
+
+app = typer.Typer(
+    name="ikto",
+    help="WireGuard mesh builder whose only control plane is a NATS JetStream key-value bucket.\n\n"
+    "Typical use: `ikto init -o /etc/ikto/ikto.json` once per host, then `ikto agent -c /etc/ikto/ikto.json` "
+    "(or the systemd unit), and `ikto status` to see the mesh.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEFAULT_CONFIG = Path("/etc/ikto/ikto.json")
+SocketOpt = Annotated[
+    Path, typer.Option("--socket", "-s", help="Admin socket of the running agent.", show_default=True)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        print(f"ikto {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def init(
+    mesh_ip_net: Annotated[
+        str, typer.Option("--mesh-ip-net", "-m", help="The whole mesh, in CIDR form (IPv6 or IPv4).")
+    ] = DEFAULT_MESH,
+    subnet_prefix_length: Annotated[
+        int, typer.Option("--subnet-prefix-length", "-p", help="Prefix length of each node's subnet.")
+    ] = DEFAULT_PREFIX,
+    private_key_path: Annotated[
+        Path,
+        typer.Option(
+            help="Where the WireGuard private key lives. Created (0600, new parent dirs 0700) if absent; "
+            "an existing key is kept, never overwritten."
+        ),
+    ] = Path("/etc/ikto/private.key"),
+    name: Annotated[
+        str | None, typer.Option(help="Node name shown to peers [default: the hostname].")
+    ] = None,
+    advertise_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Underlay address peers reach us at [default: source address of the default route]."
+        ),
+    ] = None,
+    private_address: Annotated[
+        str | None,
+        typer.Option(help="Pin this subnet base instead of a random one (sets address_pinned)."),
+    ] = None,
+    nats_url: Annotated[
+        str | None, typer.Option(help="NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].")
+    ] = None,
+    nats_kv: Annotated[str | None, typer.Option(help="Bucket name [default: ikto-mesh].")] = None,
+    wg_dev_name: Annotated[str | None, typer.Option(help="Interface name [default: wg-ikto].")] = None,
+    wg_port: Annotated[int | None, typer.Option(help="WireGuard listen port [default: 51820].")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the config here (0600) instead of stdout.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --output file.")] = False,
+) -> None:
+    """Write a node config: a random subnet of the mesh, a fresh key, this host's address.
+
+    Example: ikto init -m fd10::/16 -p 48 --private-key-path /etc/ikto/private.key -o /etc/ikto/ikto.json
+    """
+    try:
+        mesh = ip_network(mesh_ip_net, strict=True)
+    except ValueError as e:
+        raise UsageError(f"--mesh-ip-net: {e}") from None
+    try:
+        ipam.check_subnet_prefix(mesh, subnet_prefix_length)
+    except ValueError as e:
+        raise UsageError(f"--subnet-prefix-length: {e}") from None
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} already exists; pass --force to overwrite it")
+    if private_address is not None:
+        try:
+            base = ip_address(private_address)
+            ipam.node_subnet(mesh, base, subnet_prefix_length)
+        except ValueError as e:
+            raise UsageError(f"--private-address: {e}") from None
+    else:
+        base = ipam.random_subnet(mesh, subnet_prefix_length).network_address
+    if advertise_address is None:
+        from ikto.wg import default_source_address
+
+        found = default_source_address()
+        if found is None:
+            raise UsageError("no default route to take an address from; pass --advertise-address")
+        advertise_address = str(found)
+    _, created = keys.write_private_key(private_key_path)
+    if not created:
+        print(f"ikto: using the existing key at {private_key_path}", file=sys.stderr)
+    cfg = load_config(
+        None,
+        name=name,
+        advertise_address=advertise_address,
+        private_address=str(base),
+        address_pinned=True if private_address is not None else None,
+        subnet_prefix=subnet_prefix_length,
+        mesh_cidr=str(mesh),
+        private_key_path=str(private_key_path),
+        nats_url=nats_url,
+        nats_kv=nats_kv,
+        wg_dev_name=wg_dev_name,
+        wg_port=wg_port,
+    )
+    if output is None:
+        print(json.dumps(cfg.to_json_dict(), indent=2))
+    else:
+        write_config(cfg, output)
+        pub = keys.public_key(keys.read_private_key(private_key_path))
+        print(f"ikto: wrote {output} (address {cfg.subnet}, public key {pub})", file=sys.stderr)
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new private key (like `wg genkey`)."""
+    print(keys.generate_private_key())
+
+
+@app.command()
+def pubkey() -> None:
+    """Read a private key on stdin and print its public key (like `wg pubkey`)."""
+    text = sys.stdin.read()
+    try:
+        print(keys.public_key(text))
+    except ValueError:
+        raise UsageError("Key is not the correct length or format") from None
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Config file to validate.")] = DEFAULT_CONFIG,
+) -> None:
+    """Validate a config file (and the key it names) without starting anything."""
+    cfg = load_config(config)
+    cfg.require_agent_fields()
+    print(f"ok: {config}: {cfg.name} {cfg.subnet} on {cfg.wg_dev_name}, mesh {cfg.mesh_cidr}")
+
+
+@app.command()
+def agent(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Node config (from `ikto init`).")
+    ] = DEFAULT_CONFIG,
+    socket: Annotated[
+        Path | None,
+        typer.Option("--socket", "-s", help="Admin socket [default: admin_socket from the config]."),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Run the mesh agent: bring up WireGuard, claim our address, keep peers equal to the bucket.
+
+    Config precedence: these flags > IKTO_* environment variables > the JSON file > defaults.
+    SIGTERM/SIGINT stop it and leave the interface and peers in place.
+    """
+    from ikto import log
+    from ikto.agent import Agent
+    from ikto.api import serve
+
+    cfg = load_config(config, admin_socket=socket, log_level=log_level)
+    log.setup(cfg.log_level)
+    a = Agent(cfg, config)
+
+    async def _serve(agent: Agent) -> Any:
+        return await serve(agent, cfg.admin_socket)
+
+    code = asyncio.run(a.run(serve_api=_serve))
+    raise typer.Exit(code)
+
+
+def _print_peer(p: dict[str, Any]) -> None:
+    print(f"Name: {p['name']}")
+    print(f"Public Key: {p['public_key']}")
+    print(f"Advertise Address: {p['advertise_address']}")
+    print(f"Allowed IP: {p['allowed_ip']}")
+    print(f"WireGuard Port: {p['wg_port']}")
+    print()
+
+
+@app.command()
+def info(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
+    """Print the local node and its peers (as ikto v0.3 did)."""
+    from ikto.api import call
+
+    node = call(socket, "GET", "/v1/node")
+    peers = call(socket, "GET", "/v1/peers")
+    if as_json:
+        print(json.dumps({"self": node, "peers": peers}, indent=2))
+        return
+    print("Local Node:")
+    _print_peer(node)
+    print("Peers:")
+    for p in peers:
+        _print_peer(p)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s ago"
+    if s < 7200:
+        return f"{s // 60}m ago"
+    return f"{s // 3600}h ago"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} TiB"
+
+
+@app.command()
+def status(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
+    """Print the mesh as a table: the bucket joined with `wg show` (handshakes, transfer, rejects)."""
+    from ikto.api import call
+
+    st = call(socket, "GET", "/v1/status")
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    node, health = st["node"], st["health"]
+    state = "healthy" if health["ok"] else "DEGRADED"
+    print(
+        f"node {node['name']} {node['allowed_ip']} on {node['dev']} "
+        f"({state}; nats {'connected' if health['nats_connected'] else 'DISCONNECTED'})"
+    )
+    rows = [("NAME", "ALLOWED IP", "ENDPOINT", "HANDSHAKE", "RX", "TX", "STATE")]
+    for p in st["peers"]:
+        rows.append(
+            (
+                p["name"] or "-",
+                p["allowed_ip"],
+                p["endpoint"] or f"{p['advertise_address']}:{p['wg_port']}",
+                _age(p["handshake_age_s"]),
+                _bytes(p["rx_bytes"]),
+                _bytes(p["tx_bytes"]),
+                "ok" if p["in_wireguard"] else "pending",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"{len(st['peers'])} peer(s)")
+    if st["rejected"]:
+        print("\nrejected entries:")
+        for r in st["rejected"]:
+            print(f"  {r['key']} (revision {r['revision']}): {r['reason']}")
+
+
+@app.command()
+def leave(
+    socket: SocketOpt = DEFAULT_SOCKET,
+    down: Annotated[bool, typer.Option("--down", help="Also remove the WireGuard interface.")] = False,
+) -> None:
+    """Leave the mesh: the running agent removes its entry (with its revision) and stops."""
+    from ikto.api import call
+
+    call(socket, "POST", f"/v1/leave?down={int(down)}")
+    print("ikto: left the mesh" + (" and removed the interface" if down else ""), file=sys.stderr)
+
+
+def _register_lab() -> None:
+    try:
+        from ikto.lab.cli import lab_app
+    except ImportError:
+        return
+    app.add_typer(lab_app, name="lab")
+
+
+_register_lab()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and a documented exit code, never a traceback."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("ikto: aborted", file=sys.stderr)
+        sys.exit(130)
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"ikto: {line}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except IktoError as e:
+        print(f"ikto: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        # Bad flags or arguments: click's UsageError (vendored by newer typer, so matched by shape).
+        if getattr(e, "exit_code", None) == 2 and hasattr(e, "format_message"):
+            ctx = getattr(e, "ctx", None)
+            cmd = ctx.command_path if ctx is not None else "ikto"
+            print(f"ikto: {e.format_message()} (see `{cmd} --help`)", file=sys.stderr)
+            sys.exit(2)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
