@@ -1,0 +1,123 @@
+"""Claiming this node's subnet in the bucket: create-if-absent on its v0.3 key.
+
+The key is derived from the subnet (ipam.peer_key), so two nodes wanting one subnet write
+the same key, and JetStream's expected-last-subject-sequence check lets exactly one create
+it. The loser moves to another random subnet, unless its address is pinned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from ikto import ipam
+from ikto.ipam import Network
+from ikto.models import Peer
+from ikto.store import Entry, KeyExistsError, RevisionMismatchError, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# How often to redo create/get/update on one address when other writers keep changing the
+# key between our calls (deleted, or our own entry updated elsewhere).
+RACE_RETRIES = 8
+
+
+class AddressTakenError(StoreError):
+    """Our pinned address belongs to another node: the user must choose."""
+
+    exit_code = 2
+
+
+async def claim(
+    store: Store,
+    self_peer: Peer,
+    *,
+    mesh: Network,
+    prefix: int,
+    pinned: bool,
+    attempts: int = 8,
+    pick: Callable[[], Network] | None = None,
+) -> tuple[Peer, int]:
+    """Write our entry under our subnet's key unless another node holds it; (peer, revision).
+
+    The returned peer has a different allowed_ip if ours was taken and we moved; the
+    caller persists it. A holder whose entry is not valid JSON still counts as another node.
+    """
+    pick = pick or (lambda: ipam.random_subnet(mesh, prefix))
+    peer = self_peer
+    tried: set[Network] = set()
+    for attempt in range(1, attempts + 1):
+        tried.add(peer.allowed_ip)
+        result = await _claim_one(store, peer)
+        if isinstance(result, int):
+            log.info("claimed %s as %s (revision %d)", peer.allowed_ip, peer.name, result)
+            return peer, result
+        holder = result
+        if pinned:
+            raise AddressTakenError(
+                f"address {peer.allowed_ip} is taken by {_describe_holder(holder)}; it is pinned "
+                "(address_pinned), so not moving: pick another private_address or remove "
+                f"that entry (key {holder.key})"
+            )
+        if attempt == attempts:
+            break
+        new = _pick_untried(pick, tried)
+        log.warning(
+            "address %s is taken by %s; trying %s", peer.allowed_ip, _describe_holder(holder), new
+        )
+        peer = replace(peer, allowed_ip=new)
+    raise StoreError(
+        f"could not claim an address in {mesh}: {attempts} subnets were all taken "
+        "(is the mesh nearly full? use a shorter mesh_cidr prefix or a longer subnet_prefix)"
+    )
+
+
+async def _claim_one(store: Store, peer: Peer) -> int | Entry:
+    """Our revision if the key is ours now, else the entry of the node holding it."""
+    key = ipam.peer_key(peer.allowed_ip)
+    value = json.dumps(peer.to_entry()).encode()
+    for _ in range(RACE_RETRIES):
+        try:
+            return await store.create(key, value)
+        except KeyExistsError:
+            pass
+        holder = await store.get(key)
+        if holder is None:
+            continue  # deleted since our create: try again
+        if _public_key(holder) != peer.public_key:
+            return holder
+        # Our own entry (a restart, or a changed name/endpoint): replace it in place.
+        try:
+            return await store.update(key, value, holder.revision)
+        except RevisionMismatchError:
+            continue
+    raise StoreError(f"could not claim {peer.allowed_ip}: key {key} kept changing under us")
+
+
+def _public_key(entry: Entry) -> str | None:
+    try:
+        data = json.loads(entry.value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    key = data.get("public_key") if isinstance(data, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def _describe_holder(entry: Entry) -> str:
+    try:
+        data = json.loads(entry.value or b"")
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        return "an entry that is not valid JSON"
+    return f"node {data.get('name', '?')} (public key {data.get('public_key', '?')})"
+
+
+def _pick_untried(pick: Callable[[], Network], tried: set[Network]) -> Network:
+    for _ in range(100):
+        new = pick()
+        if new not in tried:
+            return new
+    raise StoreError("could not pick an untried subnet (the mesh is too small)")

@@ -1,0 +1,100 @@
+"""A real nats-server per test, run once with each supported version (2.15 and Debian's 2.9).
+
+Fixtures for other integration tests:
+- `nats_server`: a running server with JetStream (`.url`, `.version`, `.restart()`, `.stop()`).
+- `make_config(url, **fields)`: a valid Config for a node, with a fresh private key file.
+- `open_store(config=None, *, bucket=..., create=True)`: a connected Store with the bucket
+  opened, closed after the test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from natsserver import NatsServer, binary_version, server_binary
+
+from ikto.config import Config, load_config
+from ikto.keys import write_private_key
+from ikto.store import Store
+
+BUCKET = "ikto-test"
+
+
+@pytest.fixture(params=["2.15", "2.9"])
+def nats_server_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., NatsServer]]:
+    """Start extra servers of this test's version: factory(extra_args=[...])."""
+    binary = server_binary(request.param)
+    version = binary_version(binary)
+    if not version.startswith(request.param + "."):
+        pytest.fail(f"{binary} is nats-server {version}, expected {request.param}.x", pytrace=False)
+    servers: list[NatsServer] = []
+
+    def factory(extra_args: list[str] | None = None) -> NatsServer:
+        base = tmp_path_factory.mktemp("nats")
+        server = NatsServer(binary, version, base / "jetstream", extra_args=list(extra_args or []))
+        servers.append(server)
+        server.start()
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop(kill=True)
+        shutil.rmtree(server.store_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server(nats_server_factory: Callable[..., NatsServer]) -> NatsServer:
+    """A fresh nats-server with JetStream on a free port, once per supported version."""
+    return nats_server_factory()
+
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """make_config(url, **fields): a valid node Config with its own new private key file."""
+
+    def make(url: str, **fields: Any) -> Config:
+        n = next(_names)
+        key_path = tmp_path / f"node{n}" / "private.key"
+        write_private_key(key_path)
+        values: dict[str, Any] = {
+            "name": f"node{n}",
+            "advertise_address": f"192.0.2.{n % 250 + 1}",
+            "private_key_path": key_path,
+            "nats_url": url,
+            "nats_kv": BUCKET,
+            "admin_socket": tmp_path / f"node{n}" / "ikto.sock",
+            "config_dir": tmp_path / f"node{n}",
+        }
+        values.update(fields)
+        return load_config(None, **values)
+
+    return make
+
+
+@pytest.fixture
+async def open_store(
+    nats_server: NatsServer, make_config: Callable[..., Config]
+) -> AsyncIterator[Callable[..., Awaitable[Store]]]:
+    """open_store(config=None, *, create=True): a connected Store with the config's bucket open."""
+    stores: list[Store] = []
+
+    async def open_(config: Config | None = None, *, create: bool = True) -> Store:
+        config = config or make_config(nats_server.url)
+        store = await Store.connect(config)
+        stores.append(store)
+        await store.open_bucket(config.nats_kv, create=create)
+        return store
+
+    yield open_
+    for store in stores:
+        await store.close()
