@@ -316,8 +316,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ikto: {line}", file=sys.stderr)
         sys.exit(e.exit_code)
     except IktoError as e:
+        # Only our own error classes choose the exit code (WgError.exit_code is wg's status).
         print(f"ikto: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:

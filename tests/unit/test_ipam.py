@@ -14,7 +14,9 @@ def drawer(values):
     return lambda bits: next(it) % (1 << bits)
 
 
-@given(st.integers(min_value=17, max_value=64), st.lists(st.integers(min_value=0, max_value=2**64), max_size=3))
+@given(
+    st.integers(min_value=17, max_value=64), st.lists(st.integers(min_value=0, max_value=2**64), max_size=3)
+)
 def test_random_subnet_ipv6_inside_aligned_not_first(prefix, draws):
     mesh = ip_network("fd10::/16")
     s = ipam.random_subnet(mesh, prefix, drawer(draws))
@@ -23,7 +25,9 @@ def test_random_subnet_ipv6_inside_aligned_not_first(prefix, draws):
     assert ipam.node_subnet(mesh, s.network_address, prefix) == s
 
 
-@given(st.integers(min_value=17, max_value=32), st.lists(st.integers(min_value=0, max_value=2**16), max_size=3))
+@given(
+    st.integers(min_value=17, max_value=32), st.lists(st.integers(min_value=0, max_value=2**16), max_size=3)
+)
 def test_random_subnet_ipv4(prefix, draws):
     mesh = ip_network("10.42.0.0/16")
     s = ipam.random_subnet(mesh, prefix, drawer(draws))

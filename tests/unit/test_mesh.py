@@ -53,7 +53,7 @@ def test_extra_fields_are_fine_and_ipv6_endpoint_bracketed():
 def test_pre_v03_private_cidr_field_accepted():
     e = entry()
     e["private_cidr"] = e.pop("allowed_ip")
-    k, v = put({**e, "allowed_ip": e["private_cidr"]})
+    k, _ = put({**e, "allowed_ip": e["private_cidr"]})
     assert parse_entry(k, json.dumps(e).encode(), SPEC).allowed_ip == ip_network("fd10:1:2::/48")
 
 
@@ -87,7 +87,7 @@ BAD = [
 @pytest.mark.parametrize(("value", "reason"), BAD)
 def test_rejected_entries(value, reason):
     m = Mesh(SPEC)
-    touched, rej = m.put(KEY, value, 7)
+    _, rej = m.put(KEY, value, 7)
     assert rej is not None and reason in rej.reason, rej
     assert not m.peers()
     # logged once: the same rejection again is not reported a second time
@@ -171,9 +171,7 @@ def wanted_of(m: Mesh):
 def test_reconcile_converges_is_idempotent_and_allowed_ips_never_overlap(evs):
     m = Mesh(SPEC)
     observed: dict[str, WgPeer] = {}
-    rev = 0
-    for is_put, net, k, adv in evs:
-        rev += 1
+    for rev, (is_put, net, k, adv) in enumerate(evs, start=1):
         key = ipam.peer_key(ip_network(net))
         touched = m.put(key, json.dumps(entry(net, public_key=k, advertise_address=adv)).encode(), rev)[0] \
             if is_put else m.delete(key)
