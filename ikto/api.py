@@ -1,0 +1,143 @@
+"""The admin API: HTTP with JSON bodies on a unix socket (aiohttp), and its client.
+
+    curl --unix-socket /run/ikto/ikto.sock http://ikto/v1/status
+
+Routes: GET /v1/node, /v1/peers, /v1/rejected, /v1/health, /v1/status (all of them);
+POST /v1/leave[?down=1] (remove our entry, optionally the interface, then stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from ikto.errors import IktoError
+
+if TYPE_CHECKING:
+    from ikto.agent import Agent
+
+AGENT_KEY = web.AppKey("agent", object)
+
+
+def _agent(request: web.Request) -> Agent:
+    return request.app[AGENT_KEY]  # type: ignore[return-value]
+
+
+async def _node(request: web.Request) -> web.Response:
+    return web.json_response(_agent(request).node())
+
+
+async def _health(request: web.Request) -> web.Response:
+    h = _agent(request).health()
+    return web.json_response(h, status=200 if h["ok"] else 503)
+
+
+async def _peers(request: web.Request) -> web.Response:
+    return web.json_response(await _agent(request).peers_view())
+
+
+async def _rejected(request: web.Request) -> web.Response:
+    return web.json_response(_agent(request).rejected_view())
+
+
+async def _status(request: web.Request) -> web.Response:
+    a = _agent(request)
+    return web.json_response(
+        {
+            "node": a.node(),
+            "health": a.health(),
+            "peers": await a.peers_view(),
+            "rejected": a.rejected_view(),
+        }
+    )
+
+
+async def _leave(request: web.Request) -> web.Response:
+    down = request.query.get("down", "0") in ("1", "true", "yes")
+    try:
+        await _agent(request).leave(down)
+    except IktoError as e:
+        return web.json_response({"error": str(e)}, status=409)
+    return web.json_response({"left": True, "interface_removed": down})
+
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application()
+    app[AGENT_KEY] = agent
+    app.router.add_get("/v1/node", _node)
+    app.router.add_get("/v1/health", _health)
+    app.router.add_get("/v1/peers", _peers)
+    app.router.add_get("/v1/rejected", _rejected)
+    app.router.add_get("/v1/status", _status)
+    app.router.add_post("/v1/leave", _leave)
+    return app
+
+
+async def _socket_in_use(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def serve(agent: Agent, path: Path) -> Callable[[], Awaitable[None]]:
+    """Serve the admin API on a 0600 unix socket; returns the cleanup coroutine."""
+    if path.exists() or path.is_symlink():
+        if await _socket_in_use(path):
+            raise IktoError(f"admin socket {path} is in use: is another ikto agent running?")
+        path.unlink()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False)
+    await runner.setup()
+    old = os.umask(0o077)
+    try:
+        site = web.UnixSite(runner, str(path))
+        await site.start()
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+
+    async def cleanup() -> None:
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    return cleanup
+
+
+async def _request(socket: Path, method: str, route: str) -> Any:
+    if not socket.exists():
+        raise IktoError(
+            f"no agent socket at {socket} (is `ikto agent` running? pass -s to choose the socket)"
+        )
+    conn = aiohttp.UnixConnector(path=str(socket))
+    try:
+        async with (
+            aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s,
+            s.request(method, f"http://ikto{route}") as r,
+        ):
+            body = await r.json()
+            if r.status >= 400 and not (route == "/v1/health" and r.status == 503):
+                raise IktoError(f"agent answered {r.status}: {body.get('error', body)}")
+            return body
+    except PermissionError:
+        raise IktoError(f"admin socket {socket}: permission denied (run as root)") from None
+    except (aiohttp.ClientConnectionError, ConnectionRefusedError) as e:
+        raise IktoError(f"cannot reach the agent at {socket}: {e}") from None
+    except (json.JSONDecodeError, aiohttp.ContentTypeError):
+        raise IktoError(f"the agent at {socket} sent a malformed answer") from None
+
+
+def call(socket: Path, method: str, route: str) -> Any:
+    """Call the admin API of a running agent (synchronously, for the CLI)."""
+    return asyncio.run(_request(socket, method, route))

@@ -1,0 +1,154 @@
+"""The agent against a real nats-server (2.15 and 2.9) with the OS seam faked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+
+from ikto import ipam, keys
+from ikto.agent import Agent
+from ikto.api import call, serve
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from fakes import FakeWg
+
+
+def entry(net: str, name: str = "peer", adv: str = "198.18.0.50", port: int = 51820, pub: str | None = None):
+    return {
+        "name": name,
+        "public_key": pub or keys.public_key(keys.generate_private_key()),
+        "advertise_address": adv,
+        "allowed_ip": net,
+        "wg_port": port,
+    }
+
+
+async def until(cond, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def running(nats_server, make_config, open_store, tmp_path):
+    started: list[tuple[Agent, asyncio.Task]] = []
+
+    async def start(addr: str = "fd10:aa::", **fields) -> tuple[Agent, FakeWg]:
+        cfg = make_config(nats_server.url, private_address=addr, **fields)
+        cfg_path = Path(cfg.config_dir) / "ikto.json"
+        cfg_path.write_text(json.dumps(cfg.to_json_dict()))
+        wg = FakeWg()
+        a = Agent(cfg, cfg_path, wg=wg)
+        t = asyncio.create_task(a.run(serve_api=lambda ag: serve(ag, cfg.admin_socket)))
+        started.append((a, t))
+        await until(lambda: a.snapshot_done)
+        return a, wg
+
+    yield start
+    for a, t in started:
+        a.stop()
+        await asyncio.wait_for(t, 10)
+
+
+async def test_claims_and_follows_add_update_delete(running, open_store):
+    agent, wg = await running()
+    store = await open_store()
+    me = await store.get(ipam.peer_key(agent.self_peer.allowed_ip))
+    assert me is not None and json.loads(me.value)["public_key"] == agent.public_key
+
+    e = entry("fd10:1:2::/48", name="n2")
+    key = ipam.peer_key(ip_network("fd10:1:2::/48"))
+    await store.put(key, json.dumps(e).encode())
+    await until(lambda: e["public_key"] in wg.peers)
+    assert wg.peers[e["public_key"]].allowed_ips == ("fd10:1:2::/48",)
+
+    e2 = {**e, "advertise_address": "198.18.0.77"}
+    await store.put(key, json.dumps(e2).encode())
+    await until(lambda: wg.peers[e["public_key"]].endpoint == "198.18.0.77:51820")
+
+    await store.delete(key)
+    await until(lambda: e["public_key"] not in wg.peers)
+    # every apply was a small, targeted plan: never the whole mesh
+    assert all(len(p) == 1 for p in wg.applies())
+
+
+async def test_snapshot_applied_in_one_call_and_bad_entries_skipped(running, open_store):
+    store = await open_store()
+    good = [entry(f"fd10:{i:x}::/48", name=f"n{i}") for i in range(1, 30)]
+    for e in good:
+        await store.put(ipam.peer_key(ip_network(e["allowed_ip"])), json.dumps(e).encode())
+    bad_key = ipam.peer_key(ip_network("fd10:999::/48"))
+    await store.put(bad_key, b"{oops")
+    await store.put(ipam.peer_key(ip_network("fd10:998::/48")), json.dumps(entry("fd10:997::/48")).encode())
+    agent, wg = await running()
+    await until(lambda: len(wg.peers) == len(good))
+    assert len(wg.applies()) == 1
+    assert {r["key"] for r in agent.rejected_view()} >= {bad_key}
+    # the agent keeps going after bad input: a later good entry still arrives
+    late = entry("fd10:500::/48")
+    await store.put(ipam.peer_key(ip_network("fd10:500::/48")), json.dumps(late).encode())
+    await until(lambda: late["public_key"] in wg.peers)
+
+
+async def test_v03_entry_accepted_and_ours_readable_by_v03(running, open_store):
+    store = await open_store()
+    v03 = entry("fd10:3:3::/48", name="")  # v0.3 init wrote an empty name by default
+    await store.put(ipam.peer_key(ip_network("fd10:3:3::/48")), json.dumps(v03).encode())
+    agent, wg = await running()
+    await until(lambda: v03["public_key"] in wg.peers)
+    mine = json.loads((await store.get(ipam.peer_key(agent.self_peer.allowed_ip))).value)
+    assert set(mine) >= {"name", "public_key", "advertise_address", "allowed_ip", "wg_port"}
+
+
+async def test_restart_same_key_keeps_address_and_no_churn(running, open_store, make_config, nats_server):
+    agent, wg = await running("fd10:bb::")
+    rev = agent.revision
+    other = entry("fd10:cc::/48")
+    store = await open_store()
+    await store.put(ipam.peer_key(ip_network("fd10:cc::/48")), json.dumps(other).encode())
+    await until(lambda: other["public_key"] in wg.peers)
+    agent.stop()
+    # a restart with the same config/key against an interface that already holds the peers
+    a2 = Agent(agent.config, agent.config_path, wg=wg)
+    n_calls = len(wg.calls)
+    t = asyncio.create_task(a2.run())
+    await until(lambda: a2.snapshot_done)
+    await asyncio.sleep(0.3)
+    assert a2.self_peer.allowed_ip == agent.self_peer.allowed_ip and a2.revision > rev
+    assert [c for c in wg.calls[n_calls:] if c[0] in ("apply", "up", "down", "delete")] == []
+    a2.stop()
+    await t
+
+
+async def test_taken_address_moves_and_is_persisted(running, open_store):
+    store = await open_store()
+    taken = entry("fd10:dd::/48", name="holder")
+    await store.put(ipam.peer_key(ip_network("fd10:dd::/48")), json.dumps(taken).encode())
+    agent, wg = await running("fd10:dd::")
+    assert agent.self_peer.allowed_ip != ip_network("fd10:dd::/48")
+    saved = json.loads(agent.config_path.read_text())
+    assert saved["private_address"] == str(agent.self_peer.allowed_ip.network_address)
+    assert taken["public_key"] in wg.peers  # the holder is our peer, not evicted
+
+
+async def test_admin_api_and_leave(running, open_store):
+    agent, _ = await running("fd10:ee::")
+    sock = agent.config.admin_socket
+    assert oct(sock.stat().st_mode & 0o777) == "0o600"
+    node = await asyncio.to_thread(call, sock, "GET", "/v1/node")
+    assert node["allowed_ip"] == "fd10:ee::/48" and "private" not in json.dumps(node).lower()
+    st = await asyncio.to_thread(call, sock, "GET", "/v1/status")
+    assert st["health"]["ok"] and st["peers"] == []
+    await asyncio.to_thread(call, sock, "POST", "/v1/leave")
+    store = await open_store()
+    await until(lambda: agent._stop.is_set())
+    assert await store.get(ipam.peer_key(ip_network("fd10:ee::/48"))) is None
