@@ -44,5 +44,16 @@ def setup(level: str = "info") -> None:
 
 
 def fields(**kw: Any) -> dict[str, Any]:
-    """`log.info("peer joined", extra=fields(name=...))` — structured fields for one line."""
-    return {k: v for k, v in kw.items() if v is not None}
+    """`log.info("peer joined", extra=fields(name=...))` — structured fields for one line.
+
+    Names that LogRecord reserves (name, msg, args, ...) get a `peer_`-style rename:
+    `name` becomes `node`, others gain a trailing underscore.
+    """
+    out: dict[str, Any] = {}
+    for k, v in kw.items():
+        if v is None:
+            continue
+        if k in _RESERVED:
+            k = "node" if k == "name" else f"{k}_"
+        out[k] = v
+    return out

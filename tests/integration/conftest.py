@@ -9,6 +9,7 @@ Fixtures for other integration tests:
 
 from __future__ import annotations
 
+import logging
 import itertools
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -98,3 +99,9 @@ async def open_store(
     yield open_
     for store in stores:
         await store.close()
+
+
+@pytest.fixture(autouse=True)
+def _ikto_logs_on(caplog: pytest.LogCaptureFixture) -> None:
+    """Log at DEBUG so every log call's fields are really formatted (a bad one raises)."""
+    caplog.set_level(logging.DEBUG, logger="ikto")
