@@ -9,8 +9,8 @@ Fixtures for other integration tests:
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
