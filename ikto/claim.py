@@ -39,18 +39,24 @@ async def claim(
     pinned: bool,
     attempts: int = 8,
     pick: Callable[[], Network] | None = None,
+    reclaim_after: float | None = None,
 ) -> tuple[Peer, int]:
     """Write our entry under our subnet's key unless another node holds it; (peer, revision).
 
     The returned peer has a different allowed_ip if ours was taken and we moved; the
     caller persists it. A holder whose entry is not valid JSON still counts as another node.
+
+    With `reclaim_after`, our entry is written with that TTL (servers 2.11+ expire it if we
+    die), and a holder whose entry the server has not seen rewritten for that long is dead:
+    we take its key over with a compare-and-set on its revision, so a holder that comes back
+    at the same moment wins instead. This works on 2.9 too, where TTLs do not exist.
     """
     pick = pick or (lambda: ipam.random_subnet(mesh, prefix))
     peer = self_peer
     tried: set[Network] = set()
     for attempt in range(1, attempts + 1):
         tried.add(peer.allowed_ip)
-        result = await _claim_one(store, peer)
+        result = await _claim_one(store, peer, reclaim_after)
         if isinstance(result, int):
             log.info("claimed %s as %s (revision %d)", peer.allowed_ip, peer.name, result)
             return peer, result
@@ -74,26 +80,41 @@ async def claim(
     )
 
 
-async def _claim_one(store: Store, peer: Peer) -> int | Entry:
+async def _claim_one(store: Store, peer: Peer, reclaim_after: float | None) -> int | Entry:
     """Our revision if the key is ours now, else the entry of the node holding it."""
     key = ipam.peer_key(peer.allowed_ip)
     value = json.dumps(peer.to_entry()).encode()
     for _ in range(RACE_RETRIES):
         try:
-            return await store.create(key, value)
+            return await store.create(key, value, ttl=reclaim_after)
         except KeyExistsError:
             pass
         holder = await store.get(key)
         if holder is None:
             continue  # deleted since our create: try again
         if _public_key(holder) != peer.public_key:
-            return holder
-        # Our own entry (a restart, or a changed name/endpoint): replace it in place.
+            silent = await _silent_for(store, holder)
+            if reclaim_after is None or silent is None or silent <= reclaim_after:
+                return holder
+            log.warning(
+                "reclaiming %s from %s, silent for %.0f s (reclaim_after %.0f s)",
+                peer.allowed_ip, _describe_holder(holder), silent, reclaim_after,
+            )
+        # Our own entry (a restart, or a changed name/endpoint), or a dead node's:
+        # replace it in place, only if nobody wrote it since we read it.
         try:
-            return await store.update(key, value, holder.revision)
+            return await store.update(key, value, holder.revision, ttl=reclaim_after)
         except RevisionMismatchError:
             continue
     raise StoreError(f"could not claim {peer.allowed_ip}: key {key} kept changing under us")
+
+
+async def _silent_for(store: Store, holder: Entry) -> float | None:
+    """Seconds between the holder's last write and the bucket's newest write (server clock)."""
+    now = await store.server_time()
+    if now is None or holder.created is None:
+        return None
+    return (now - holder.created).total_seconds()
 
 
 def _public_key(entry: Entry) -> str | None:

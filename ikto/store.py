@@ -47,6 +47,8 @@ T = TypeVar("T")
 #   discard=new).
 BUCKET_HISTORY = 5
 BUCKET_MAX_VALUE_SIZE = 4096
+# 2.11+: how long the server keeps the delete marker of a key whose TTL expired.
+MARKER_TTL = 3600.0
 
 # Connection tuning (nats-py's defaults give up reconnecting after ~2 minutes and notice a
 # dead link only after minutes: FACTS.md).
@@ -84,7 +86,7 @@ class Entry:
     value: bytes | None  # None for DEL and PURGE
     revision: int
     operation: Operation
-    created: datetime | None  # server timestamp; None where nats-py does not expose it (get)
+    created: datetime | None  # the server's timestamp of this revision
 
 
 def _entry(e: KeyValue.Entry) -> Entry:
@@ -128,6 +130,7 @@ class Store:
         self._denial_waiters: dict[asyncio.Future[str], tuple[str, ...]] = {}
         self._last_denial: tuple[float, str] | None = None
         self._closing = False
+        self.ttl_supported = False
 
     # Connecting
 
@@ -316,6 +319,9 @@ class Store:
                 )
             kv_config = KeyValueConfig(
                 bucket=bucket,
+                # 2.11+: expired keys (per-key TTL) leave a delete marker watchers see, kept
+                # this long. Older servers would refuse the field, so only ask where it exists.
+                limit_marker_ttl=MARKER_TTL if self.server_version >= (2, 11) else None,
                 history=BUCKET_HISTORY,
                 max_value_size=BUCKET_MAX_VALUE_SIZE,
                 replicas=replicas,
@@ -326,6 +332,33 @@ class Store:
             )
         self._kv = kv
         self._bucket = bucket
+        status = await self._call(f"reading bucket {bucket}", kv.status(), _JS_API)
+        self.ttl_supported = bool(getattr(status.stream_info.config, "allow_msg_ttl", False)) and (
+            self.server_version >= (2, 11)
+        )
+
+    @property
+    def server_version(self) -> tuple[int, int]:
+        """(major, minor) of the server we are connected to; (0, 0) if unknown."""
+        v = self._nc.connected_server_version
+        return (v.major or 0, v.minor or 0)
+
+    async def server_time(self) -> datetime | None:
+        """The server's timestamp of the newest message in the bucket: a clock we share with
+        every node (never the local clock), fresh as long as any node heartbeats."""
+        kv = self._bucket_kv()
+        _, last = await self.stream_info()
+        if last == 0:
+            return None
+        try:
+            msg = await self._call(
+                f"reading bucket {self._bucket}",
+                self._js.get_msg(kv._stream, seq=last, direct=kv._direct),
+                _JS_API,
+            )
+        except StoreError:
+            return None
+        return msg.time  # type: ignore[no-any-return]
 
     async def _lookup(self, bucket: str) -> KeyValue | None:
         try:
@@ -361,25 +394,40 @@ class Store:
     async def get(self, key: str) -> Entry | None:
         """The key's latest value, or None if it is missing, deleted or purged."""
         kv = self._bucket_kv()
-        e = await self._call(f"reading {self._subject(key)}", _get_or_none(kv, key), _JS_API)
-        return None if e is None else _entry(e)
+        return await self._call(f"reading {self._subject(key)}", _get_or_none(kv, key), _JS_API)
 
-    async def create(self, key: str, value: bytes) -> int:
-        """Store value under key if the key has no value (also after a delete); its revision."""
+    def _ttl(self, ttl: float | None) -> float | None:
+        return ttl if ttl is not None and self.ttl_supported else None
+
+    async def create(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        """Store value under key if the key has no value (also after a delete); its revision.
+
+        `ttl` (seconds) makes the server expire the key unless rewritten (2.11+; ignored before).
+        """
         kv = self._bucket_kv()
         subject = self._subject(key)
         try:
-            return await self._call(f"publish to {subject}", kv.create(key, value), (subject,))
+            return await self._call(
+                f"publish to {subject}", kv.create(key, value, msg_ttl=self._ttl(ttl)), (subject,)
+            )
         except RevisionMismatchError:
             raise KeyExistsError(f"NATS: {key} already exists in bucket {self._bucket}") from None
 
-    async def update(self, key: str, value: bytes, revision: int) -> int:
+    async def update(self, key: str, value: bytes, revision: int, ttl: float | None = None) -> int:
         """Replace key's value if its latest revision is still `revision`; the new revision."""
         kv = self._bucket_kv()
         subject = self._subject(key)
-        return await self._call(
-            f"publish to {subject}", kv.update(key, value, last=revision), (subject,)
-        )
+        ttl = self._ttl(ttl)
+        if ttl is None:
+            op = kv.update(key, value, last=revision)
+        else:  # KeyValue.update() takes no TTL: publish with the same CAS header ourselves
+            op = self._publish_cas(subject, value, revision, ttl)
+        return await self._call(f"publish to {subject}", op, (subject,))
+
+    async def _publish_cas(self, subject: str, value: bytes, revision: int, ttl: float) -> int:
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        ack = await self._js.publish(subject, value, headers=headers, msg_ttl=ttl)
+        return int(ack.seq)
 
     async def put(self, key: str, value: bytes) -> int:
         """Store value under key unconditionally; its revision."""
@@ -416,11 +464,19 @@ class Store:
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
 
-async def _get_or_none(kv: KeyValue, key: str) -> KeyValue.Entry | None:
+async def _get_or_none(kv: KeyValue, key: str) -> Entry | None:
+    """The key's latest entry with its server timestamp (kv.get() drops the timestamp)."""
+    subject = f"{kv._pre}{key}"
     try:
-        return await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:  # also deleted and purged keys
+        msg = await kv._js.get_msg(kv._stream, subject=subject, direct=kv._direct)
+    except nats.js.errors.NotFoundError:
         return None
+    if msg.subject != subject:
+        return None
+    op = (msg.headers or {}).get("KV-Operation")
+    if op in ("DEL", "PURGE") or (msg.headers or {}).get("Nats-Marker-Reason"):
+        return None
+    return Entry(key=key, value=msg.data or b"", revision=msg.seq or 0, operation="PUT", created=msg.time)
 
 
 def _readable(path: Path, field: str) -> Path:

@@ -61,7 +61,8 @@ async def test_create_get_and_key_exists(open_store: OpenStore) -> None:
     assert await store.get("peers.a") is None
     rev = await store.create("peers.a", b"one")
     got = await store.get("peers.a")
-    assert got == Entry("peers.a", b"one", rev, "PUT", None)
+    assert got is not None and got.created is not None  # the server's timestamp
+    assert got == Entry("peers.a", b"one", rev, "PUT", got.created)
     with pytest.raises(KeyExistsError, match=r"peers\.a already exists"):
         await store.create("peers.a", b"two")
     # A deleted key can be created again (nats-py retries with the delete marker's revision).
