@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ikto.mesh import Mesh, MeshSpec
 from ikto.models import Peer, Plan, WgPeer
 from ikto.reconcile import applied, diff, peer_config
 from ikto.render import render, render_wg, write_config
-from ikto.store import Store, StoreError
+from ikto.store import RevisionMismatchError, Store, StoreError
 from ikto.wg import Wg, WgError
 
 log = logging.getLogger("ikto.agent")
@@ -71,6 +72,15 @@ class Agent:
         self._write_pending = False
         self._tasks: list[asyncio.Task[None]] = []
         self._resync_soon = asyncio.Event()
+        self._rebuild = asyncio.Event()
+        self._rebuild_reason = ""
+        self._heartbeat_now = asyncio.Event()
+        self._leaving = False
+        self._max_rev = 0  # newest revision the watch delivered
+        self._hb_rev = 0  # revision of our last heartbeat: the watch must deliver it
+        self._stream_ident: str | None = None
+        self._grace_floor: datetime | None = None  # staleness clocks restart here
+        self._mass_stale_warned = False
         self.exit_code = 0
 
     def _spec(self) -> MeshSpec:
@@ -105,7 +115,8 @@ class Agent:
             assert self.store is not None
             await self._claim()
             self._tasks = [
-                asyncio.create_task(self._watch(), name="watch"),
+                asyncio.create_task(self._watcher(), name="watch"),
+                asyncio.create_task(self._liveness(), name="liveness"),
                 asyncio.create_task(self._applier(), name="applier"),
                 asyncio.create_task(self._resync_loop(), name="resync"),
             ]
@@ -135,6 +146,7 @@ class Agent:
     async def leave(self, down: bool) -> None:
         """Remove our entry from the bucket (with its revision), optionally the interface, then stop."""
         if self.store is not None and self.store.connected:
+            self._leaving = True
             key = ipam.peer_key(self.self_peer.allowed_ip)
             await self.store.delete(key, self.revision or None)
             log.info("left the mesh", extra=fields(key=key, allowed_ip=str(self.self_peer.allowed_ip)))
@@ -187,7 +199,11 @@ class Agent:
                     on_disconnect=self._on_disconnect,
                     on_reconnect=self._on_reconnect,
                 )
-                await self.store.open_bucket(self.config.nats_kv, create=self.config.create_bucket)
+                await self.store.open_bucket(
+                    self.config.nats_kv,
+                    create=self.config.create_bucket,
+                    replicas=self.config.bucket_replicas,
+                )
                 log.info("connected to NATS", extra=fields(bucket=self.config.nats_kv))
                 return True
             except StoreError as e:
@@ -205,8 +221,9 @@ class Agent:
         log.warning("disconnected from NATS; WireGuard is left as it is")
 
     async def _on_reconnect(self) -> None:
-        log.info("reconnected to NATS")
-        self._resync_soon.set()
+        log.info("reconnected to NATS; re-reading the bucket and re-asserting our entry")
+        self._request_rebuild("reconnected to NATS")
+        self._heartbeat_now.set()
 
     async def _claim(self) -> None:
         assert self.store is not None
@@ -216,6 +233,7 @@ class Agent:
             mesh=self.config.mesh_cidr,
             prefix=self.config.subnet_prefix,
             pinned=self.config.address_pinned,
+            reclaim_after=self.config.reclaim_after,
         )
         if peer.allowed_ip != self.self_peer.allowed_ip:
             await self._moved(peer)
@@ -248,58 +266,180 @@ class Agent:
 
     # Running
 
-    async def _watch(self) -> None:
+    def _request_rebuild(self, reason: str) -> None:
+        self._rebuild_reason = reason
+        self._rebuild.set()
+
+    async def _watcher(self) -> None:
+        """Run the watch; rebuild it from a fresh snapshot when asked (reconnect, stall)."""
+        while True:
+            self._rebuild.clear()
+            inner = asyncio.create_task(self._watch_once())
+            rebuild = asyncio.create_task(self._rebuild.wait())
+            done, _ = await asyncio.wait([inner, rebuild], return_when=asyncio.FIRST_COMPLETED)
+            if inner in done:
+                rebuild.cancel()
+                exc = inner.exception()
+                if exc is not None and not isinstance(exc, StoreError):
+                    raise exc
+                log.warning("the watch ended; starting it again", extra=fields(error=exc))
+                await asyncio.sleep(1.0)
+                continue
+            inner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await inner
+            reason = self._rebuild_reason
+            log.warning("rebuilding the watch from a fresh snapshot", extra=fields(reason=reason))
+
+    async def _watch_once(self) -> None:
+        """Read a snapshot into a new Mesh, swap it in whole, then follow the changes."""
         assert self.store is not None
-        self_key = self.mesh.spec.self_key
+        mesh = Mesh(self._spec())
+        self_key = mesh.spec.self_key
+        live = self._watch_live = False
+        self._max_rev = 0
         async for e in self.store.watch("peers.*"):
             if e is None:
-                self.snapshot_done = True
-                log.info(
-                    "bucket snapshot loaded",
-                    extra=fields(entries=len(self.mesh), rejected=len(self.mesh.rejected)),
-                )
-                await self.full_reconcile()
+                if not live:
+                    live = self._watch_live = True
+                    self.mesh = mesh
+                    self._grace_floor = mesh.server_now  # everyone gets a fresh grace
+                    self.snapshot_done = True
+                    log.info(
+                        "bucket snapshot loaded",
+                        extra=fields(entries=len(mesh), rejected=len(mesh.rejected)),
+                    )
+                    await self.full_reconcile()
                 continue
+            self._max_rev = max(self._max_rev, e.revision)
             if e.operation == "PUT" and e.value is not None:
-                touched, rej = self.mesh.put(e.key, e.value, e.revision)
+                touched, rej = mesh.put(e.key, e.value, e.revision, e.created)
                 if rej is not None and e.key != self_key:
                     log.warning(
                         "rejected entry", extra=fields(key=e.key, revision=e.revision, reason=rej.reason)
                     )
                 if e.key == self_key:
-                    await self._self_entry(e.value, e.revision)
+                    self._self_entry(e.value, e.revision)
             else:
-                touched = self.mesh.delete(e.key)
-                if e.key == self_key:
-                    await self._reassert("our entry was deleted")
+                touched = mesh.delete(e.key, e.created)
+                if e.key == self_key and live and not self._leaving:
+                    log.warning("our entry was deleted; putting it back", extra=fields(key=e.key))
+                    self._heartbeat_now.set()
             touched.discard(self.public_key)
-            if touched and self.snapshot_done:
+            if touched and live:
                 self._dirty |= touched
                 self._wake.set()
 
-    async def _self_entry(self, value: bytes, revision: int) -> None:
+    def _self_entry(self, value: bytes, revision: int) -> None:
         try:
             mine = json.loads(value).get("public_key") == self.public_key
         except (ValueError, AttributeError):
             mine = False
         if mine:
             self.revision = revision
-        else:
+        elif not self._leaving:
             log.error(
-                "our address was overwritten by another node's entry",
+                "our address was overwritten by another node's entry; putting ours back",
                 extra=fields(key=self.mesh.spec.self_key, revision=revision),
             )
+            self._heartbeat_now.set()
 
-    async def _reassert(self, why: str) -> None:
+    # Liveness
+
+    async def _liveness(self) -> None:
+        """Every heartbeat_interval (jittered): rewrite our entry, check the watch, expire."""
+        while True:
+            delay = self.config.heartbeat_interval * random.uniform(0.8, 1.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_now.wait(), delay)
+            self._heartbeat_now.clear()
+            if self.store is None or not self.store.connected or self._leaving:
+                continue
+            await self._heartbeat()
+            await self._check_watch()
+            self._expire()
+
+    async def _heartbeat(self) -> None:
+        """Rewrite our entry with its revision (and a TTL where the server has them); if it
+        disappeared or changed under us, put it back. The store can lose acknowledged writes
+        and anyone with rights may delete it: this is how it comes back."""
         assert self.store is not None
         key = self.mesh.spec.self_key
-        if self._stop.is_set():
-            return
+        value = json.dumps(self.self_peer.to_entry()).encode()
+        ttl = self.config.reclaim_after
         try:
-            self.revision = await self.store.create(key, json.dumps(self.self_peer.to_entry()).encode())
-            log.warning("re-asserted our entry", extra=fields(reason=why, key=key, revision=self.revision))
+            try:
+                rev = await self.store.update(key, value, self.revision, ttl=ttl)
+            except RevisionMismatchError:
+                cur = await self.store.get(key)
+                if cur is None:
+                    log.warning("our entry was missing; putting it back", extra=fields(key=key))
+                    rev = await self.store.create(key, value, ttl=ttl)
+                else:
+                    rev = await self.store.update(key, value, cur.revision, ttl=ttl)
         except StoreError as e:
-            log.error("could not re-assert our entry", extra=fields(reason=why, error=e))
+            log.warning("heartbeat failed", extra=fields(key=key, error=e))
+            if "does not exist" in str(e) or "not found" in str(e).lower():
+                with contextlib.suppress(StoreError):
+                    await self.store.open_bucket(
+                        self.config.nats_kv,
+                        create=self.config.create_bucket,
+                        replicas=self.config.bucket_replicas,
+                    )
+                    self._request_rebuild("the bucket was gone")
+            return
+        self.revision = rev
+        self._hb_rev = rev
+
+    async def _check_watch(self) -> None:
+        """Notice a watch that silently stopped: nats-py's never delivers again after the
+        bucket is deleted and recreated or restored from an older snapshot."""
+        assert self.store is not None
+        try:
+            ident, last = await self.store.stream_info()
+        except StoreError:
+            return
+        if self._stream_ident is not None and ident != self._stream_ident:
+            self._request_rebuild("the bucket was recreated")
+        elif last < self._max_rev:
+            self._request_rebuild("the bucket went back in time (restored from an older snapshot?)")
+        elif self._watch_live and self._prev_hb_rev > self._max_rev:
+            self._request_rebuild("the watch stopped delivering (our own heartbeat never arrived)")
+        self._stream_ident = ident
+        self._prev_hb_rev = self._hb_rev
+
+    _prev_hb_rev = 0
+    _watch_live = False
+
+    def _expire(self) -> None:
+        """Take peers silent for remove_after out of WireGuard (their entries stay) — unless
+        more than half of them look silent, which says more about us than about them."""
+        if not self.snapshot_done or self.store is None or not self.store.connected:
+            return
+        mesh = self.mesh
+        keys = [k for k in mesh.entries if k != mesh.spec.self_key]
+        silent = {
+            k for k in keys
+            if (t := mesh.silent_for(k, self._grace_floor)) is not None and t > self.config.remove_after
+        }
+        if keys and len(silent) > len(keys) / 2:
+            if not self._mass_stale_warned:
+                log.warning(
+                    "more than half of the peers look silent: not removing any",
+                    extra=fields(silent=len(silent), peers=len(keys)),
+                )
+                self._mass_stale_warned = True
+            return
+        self._mass_stale_warned = False
+        for k in silent - mesh.expired:
+            log.warning(
+                "peer silent too long; removed from WireGuard, entry kept",
+                extra=fields(node=mesh.entries[k][1].name, key=k, silent_s=round(mesh.silent_for(k) or 0)),
+            )
+        touched = mesh.set_expired(silent)
+        if touched:
+            self._dirty |= touched
+            self._wake.set()
 
     async def _applier(self) -> None:
         loop = asyncio.get_running_loop()
@@ -443,17 +583,32 @@ class Agent:
         }
 
     async def peers_view(self) -> list[dict[str, Any]]:
-        """The bucket's peers joined with WireGuard's live view."""
+        """The bucket's peers joined with WireGuard's live view and their liveness."""
         dev = await asyncio.to_thread(self.wg.dump)
-        out = []
+        mesh = self.mesh
         now = time.time()
-        for p in sorted(self.mesh.peers(), key=lambda p: p.allowed_ip):
+        peers = {p.public_key: p for p in mesh.peers()}
+        for k in mesh.expired:
+            if k in mesh.entries:
+                p = mesh.entries[k][1]
+                peers.setdefault(p.public_key, p)
+        out = []
+        for p in sorted(peers.values(), key=lambda p: (p.allowed_ip.version, p.allowed_ip)):
+            key = ipam.peer_key(p.allowed_ip)
             wp = dev.peers.get(p.public_key)
             hs = wp.latest_handshake if wp else 0
+            silent = mesh.silent_for(key, self._grace_floor)
+            state = "ok" if wp is not None else "pending"
+            if key in mesh.expired:
+                state = "expired"
+            elif silent is not None and silent > self.config.stale_after:
+                state = "stale"
             out.append(
                 {
                     **p.to_entry(),
+                    "state": state,
                     "in_wireguard": wp is not None,
+                    "silent_s": None if silent is None else round(silent),
                     "endpoint": wp.endpoint if wp else None,
                     "latest_handshake": hs,
                     "handshake_age_s": round(now - hs) if hs else None,

@@ -266,7 +266,7 @@ def status(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None
                 _age(p["handshake_age_s"]),
                 _bytes(p["rx_bytes"]),
                 _bytes(p["tx_bytes"]),
-                "ok" if p["in_wireguard"] else "pending",
+                p.get("state") or ("ok" if p["in_wireguard"] else "pending"),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -107,6 +107,15 @@ class Config(BaseSettings):
     admin_socket: Path = Field(default=DEFAULT_SOCKET, description="admin API unix socket")
     config_dir: Path = Field(default=Path("/etc/wireguard"), description="where <dev>.conf is written")
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    # Liveness (seconds, on the NATS server's clock): see README "Failure behaviour".
+    heartbeat_interval: float = Field(default=10.0, description="how often we rewrite our entry")
+    stale_after: float = Field(default=45.0, description="a peer silent this long is shown stale")
+    remove_after: float = Field(
+        default=600.0, description="a peer silent this long is taken out of WireGuard (entry kept)"
+    )
+    reclaim_after: float = Field(
+        default=3600.0, description="a node silent this long loses its address to a new claimant"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -213,6 +222,10 @@ class Config(BaseSettings):
                 ipam.node_subnet(mesh, self.private_address, self.subnet_prefix)
             except ValueError as e:
                 raise ValueError(f"private_address: {e}") from None
+        if not 1 <= self.heartbeat_interval <= self.stale_after / 2:
+            raise ValueError("heartbeat_interval: must be at least 1 s and at most half of stale_after")
+        if not self.stale_after <= self.remove_after <= self.reclaim_after:
+            raise ValueError("stale_after <= remove_after <= reclaim_after must hold")
         if self.private_key_path is not None:
             try:
                 keys.check_key_file_mode(self.private_key_path)
@@ -241,6 +254,11 @@ class Config(BaseSettings):
     @property
     def nats_servers(self) -> list[str]:
         return self.nats_url.split(",")
+
+    @property
+    def bucket_replicas(self) -> int:
+        """Replicas for a bucket we create: 3 when given a cluster (3+ URLs), else 1."""
+        return 3 if len(self.nats_servers) >= 3 else 1
 
     @property
     def wg_config_path(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from ipaddress import ip_address, ip_network
 
 from ikto import ipam, keys
@@ -122,12 +123,21 @@ class Mesh:
         self.entries: dict[str, tuple[int, Peer]] = {}
         self.rejected: dict[str, Rejection] = {}
         self._by_pubkey: dict[str, set[str]] = {}
+        # Liveness, on the server's clock: when each key was last written, and the keys
+        # silent for so long that they are left out of WireGuard (their entries stay).
+        self.written: dict[str, datetime] = {}
+        self.expired: set[str] = set()
+        self.server_now: datetime | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def put(self, key: str, value: bytes, revision: int) -> tuple[set[str], Rejection | None]:
-        """Apply a PUT. Returns (public keys to re-check, the new rejection if any)."""
+    def put(
+        self, key: str, value: bytes, revision: int, written: datetime | None = None
+    ) -> tuple[set[str], Rejection | None]:
+        """Apply a PUT (written: the server's timestamp). Returns (public keys to re-check,
+        the new rejection if any)."""
+        self._saw(key, written)
         touched = self._drop(key)
         try:
             peer = parse_entry(key, value, self.spec)
@@ -143,12 +153,40 @@ class Mesh:
         touched.add(peer.public_key)
         return touched, None
 
-    def delete(self, key: str) -> set[str]:
+    def delete(self, key: str, written: datetime | None = None) -> set[str]:
         """Apply a DEL or PURGE. Returns the public keys to re-check."""
+        self._saw(None, written)
         self.rejected.pop(key, None)
+        self.written.pop(key, None)
         return self._drop(key)
 
+    def _saw(self, key: str | None, written: datetime | None) -> None:
+        if written is None:
+            return
+        if self.server_now is None or written > self.server_now:
+            self.server_now = written
+        if key is not None:
+            self.written[key] = written
+
+    def silent_for(self, key: str, floor: datetime | None = None) -> float | None:
+        """Seconds since key was last written, on the server's clock (None if unknown).
+
+        `floor` restarts every clock (after an outage, everyone gets a fresh grace)."""
+        w = self.written.get(key)
+        if w is None or self.server_now is None:
+            return None
+        if floor is not None and floor > w:
+            w = floor
+        return max(0.0, (self.server_now - w).total_seconds())
+
+    def set_expired(self, keys: set[str]) -> set[str]:
+        """Leave these keys out of WireGuard (or bring back those not listed); touched keys."""
+        changed = keys ^ self.expired
+        self.expired = set(keys)
+        return {self.entries[k][1].public_key for k in changed if k in self.entries}
+
     def _drop(self, key: str) -> set[str]:
+        self.expired.discard(key)
         old = self.entries.pop(key, None)
         if old is None:
             return set()
@@ -167,9 +205,9 @@ class Mesh:
             return None
         if len(holders) == 1:
             (key,) = holders
-            return self.entries[key][1]
-        key = min(holders, key=lambda k: self.entries[k][0])
-        return self.entries[key][1]
+        else:
+            key = min(holders, key=lambda k: self.entries[k][0])
+        return None if key in self.expired else self.entries[key][1]
 
     def losers(self) -> dict[str, str]:
         """Keys that lost a public-key conflict, with the key that won."""

@@ -1,7 +1,9 @@
 """Every rejected-entry rule, v0.3 entries, conflicts, and the reconciler's properties."""
 
 import json
+import sys
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +13,9 @@ from ikto import ipam, keys
 from ikto.mesh import Mesh, MeshSpec, parse_entry
 from ikto.models import WgPeer
 from ikto.reconcile import applied, diff, peer_config
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from badinputs import BAD_VALUES
 
 MESH = ip_network("fd10::/16")
 SELF_PUB = keys.public_key(keys.generate_private_key())
@@ -58,30 +63,7 @@ def test_pre_v03_private_cidr_field_accepted():
 
 
 KEY = ipam.peer_key(ip_network("fd10:1:2::/48"))
-BAD = [
-    (b"{not json", "not JSON"),
-    (b"[1,2]", "not an object"),
-    (b'"str"', "not an object"),
-    (b"\xff\xfe", "not UTF-8"),
-    (b"x" * (1 << 20), "bytes (limit"),
-    (json.dumps({"name": "a"}).encode(), "missing field"),
-    (json.dumps(entry(wg_port="51820")).encode(), "wg_port is a str"),
-    (json.dumps(entry(wg_port=True)).encode(), "wg_port is a bool"),
-    (json.dumps(entry(wg_port=0)).encode(), "out of range"),
-    (json.dumps(entry(wg_port=65536)).encode(), "out of range"),
-    (json.dumps(entry(name=5)).encode(), "name is a int"),
-    (json.dumps(entry(name="evil\nname")).encode(), "control characters"),
-    (json.dumps(entry(public_key="abc")).encode(), "public_key"),
-    (json.dumps(entry(public_key=keys.encode_key(bytes(32)))).encode(), "all zeros"),
-    (json.dumps(entry(advertise_address="127.0.0.1")).encode(), "loopback"),
-    (json.dumps(entry(advertise_address="::1")).encode(), "loopback"),
-    (json.dumps(entry(advertise_address="224.0.0.1")).encode(), "multicast"),
-    (json.dumps(entry(advertise_address="0.0.0.0")).encode(), "unspecified"),
-    (json.dumps(entry(advertise_address="255.255.255.255")).encode(), "broadcast"),
-    (json.dumps(entry(advertise_address="::ffff:198.18.0.1")).encode(), "IPv4-mapped"),
-    (json.dumps(entry(advertise_address="fd10:9::1")).encode(), "inside the mesh"),
-    (json.dumps(entry(advertise_address="nope")).encode(), "not an IP address"),
-]
+BAD = BAD_VALUES
 
 
 @pytest.mark.parametrize(("value", "reason"), BAD)
