@@ -1,0 +1,438 @@
+"""The network-namespace lab: nodes as netns + private mount ns on a bridge, NATS beside them.
+
+Layout (nothing in the root netns): a hub netns holds the bridge; each NATS server and
+each node has its own netns with a veth `eth0` on it, underlay addresses from
+198.18.0.0/16 (NATS .1-.3, node N at .10+N). Node agents are real `ikto agent`
+processes entered with nsenter into the node's netns and mount ns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from ikto.lab import mountns, netns, process
+from ikto.lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
+from ikto.lab.nats import NatsServer
+from ikto.lab.shell import LabError, LabUsageError, env_with_path, interactive, run, spawn
+from ikto.lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid
+
+UNDERLAY = IPv4Address("198.18.0.0")
+UNDERLAY_PREFIX = 16
+DEFAULT_MESH = "198.19.0.0/16"  # inside 198.18.0.0/15 too, though it never leaves the lab
+DEFAULT_SUBNET_PREFIX = 24
+NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+RESERVED = {"hub", "nats", "nats1", "nats2", "nats3"}
+
+log = logging.getLogger("ikto.lab")
+
+
+def _bin_dir() -> Path:
+    return Path(sys.executable).parent
+
+
+def ikto_binary() -> str:
+    """The ikto to run in nodes: $IKTO_LAB_IKTO, else the venv's, else the one on PATH."""
+    if override := os.environ.get("IKTO_LAB_IKTO"):
+        return override
+    venv = _bin_dir() / "ikto"
+    return str(venv) if venv.exists() else (shutil.which("ikto") or "ikto")
+
+
+class NamespaceLab(LabDriver):
+    """A lab on this host built from network and mount namespaces."""
+
+    def __init__(
+        self,
+        state_dir: Path | str = DEFAULT_STATE_DIR,
+        name: str = DEFAULT_NAME,
+        mesh_cidr: str = DEFAULT_MESH,
+        subnet_prefix: int = DEFAULT_SUBNET_PREFIX,
+    ) -> None:
+        self.layout = Layout(Path(state_dir))
+        loaded = self.layout.load()
+        self.name = loaded.name if loaded else name
+        self._mesh = (mesh_cidr, subnet_prefix)
+        self._state = loaded
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # State
+
+    @property
+    def state(self) -> LabState:
+        if self._state is None:
+            raise LabUsageError(f"no lab in {self.layout.root} (start one with `ikto lab up`)")
+        return self._state
+
+    def is_up(self) -> bool:
+        return self._state is not None
+
+    def _save(self) -> None:
+        self.layout.save(self.state)
+
+    def netns(self, node: str) -> str:
+        return f"{self.name}-{node}"
+
+    def nats_servers(self) -> list[NatsServer]:
+        st = self.state
+        names = ["nats"] if len(st.nats_servers) == 1 else [f"nats{i + 1}" for i in range(3)]
+        return [
+            NatsServer(n, self.netns(n), addr, self.layout.nats_dir(n))
+            for n, addr in zip(names, st.nats_servers, strict=True)
+        ]
+
+    def nats_url(self) -> str:
+        return ",".join(s.url for s in self.nats_servers())
+
+    # Lifecycle
+
+    def up(self, nodes: int = 3, *, nats_cluster: bool = False, start_agents: bool = True) -> None:
+        """Create the hub, NATS and `nodes` nodes, and start their agents."""
+        with self.layout.locked():
+            stale = netns.list_with_prefix(self.name)
+            if self.layout.state_file.exists() or stale:
+                what = f"{len(stale)} namespaces named {self.name}-*" if stale else "lab.json"
+                raise LabUsageError(
+                    f"a lab already exists in {self.layout.root} ({what}); "
+                    "run `ikto lab down` first"
+                )
+            mesh, prefix = self._mesh
+            n_nats = 3 if nats_cluster else 1
+            self._state = LabState(
+                name=self.name,
+                nats_cluster=nats_cluster,
+                mesh_cidr=mesh,
+                subnet_prefix=prefix,
+                nats_servers=[str(UNDERLAY + 1 + i) for i in range(n_nats)],
+            )
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+            self._save()  # first, so `down` can find everything after a crash
+            try:
+                log.info("creating the underlay (bridge in netns %s)", self.netns("hub"))
+                mountns.make_private_dir(self.layout.ns_dir)
+                hub = self.netns("hub")
+                netns.add(hub)
+                netns.add_bridge(hub)
+                servers = self.nats_servers()
+                for i, s in enumerate(servers):
+                    netns.add(s.netns)
+                    netns.plug(hub, f"vs{i + 1}", s.netns, f"{s.address}/{UNDERLAY_PREFIX}")
+                log.info("starting nats-server at %s", self.nats_url())
+                self._start_nats_servers()
+                for i in range(nodes):
+                    self._create_node(f"node{i + 1}", init=start_agents)
+            except BaseException:
+                self._teardown()  # roll back a half-built lab, as wg-quick does
+                raise
+        if start_agents:
+            # A failing agent leaves the lab up, so its log can be read.
+            log.info("starting the agents")
+            for n in self.nodes():
+                self._spawn_agent(n)
+            for n in self.nodes():
+                self._wait_agent_ready(n)
+
+    def down(self) -> None:
+        """Remove everything the lab made, even after a crash; idempotent."""
+        with self.layout.locked():
+            self._teardown()
+
+    def _teardown(self) -> None:
+        root = self.layout.root
+        pids = [read_pid(p) for p in root.glob("nodes/*/agent.pid")]
+        pids += [read_pid(p) for p in root.glob("nats/*/nats.pid")]
+        spaces = netns.list_with_prefix(self.name)
+        for ns in spaces:
+            pids += netns.pids(ns)
+        process.terminate({p for p in pids if p is not None}, grace=3.0)
+        for p in self._procs.values():
+            p.poll()
+        self._procs.clear()
+        for ns in spaces:
+            netns.delete(ns)
+        mountns.unmount_all(root)
+        shutil.rmtree(root, ignore_errors=True)
+        self._state = None
+
+    # Nodes
+
+    def nodes(self) -> list[str]:
+        return list(self.state.nodes)
+
+    def members(self) -> list[str]:
+        return [n for n, s in self.state.nodes.items() if s.member]
+
+    def _node(self, node: str) -> NodeState:
+        try:
+            return self.state.nodes[node]
+        except KeyError:
+            known = ", ".join(self.state.nodes) or "none"
+            raise LabUsageError(f"no node {node!r} in the lab (nodes: {known})") from None
+
+    def underlay(self, node: str) -> str:
+        return self._node(node).underlay
+
+    def add_node(self, name: str, *, private_address: str | None = None, start: bool = True) -> str:
+        """Create node `name` with a fresh config and (by default) start its agent."""
+        with self.layout.locked():
+            try:
+                self._create_node(name, init=True)
+                if private_address is not None:
+                    self.set_config(name, private_address=private_address)
+            except LabUsageError:
+                raise
+            except BaseException:
+                self._remove_node(name)
+                raise
+        if start:
+            self.start_agent(name)
+        return name
+
+    def _remove_node(self, name: str) -> None:
+        """Undo a node completely: its processes, netns, mount ns and directory."""
+        ns = self.netns(name)
+        process.terminate(netns.pids(ns))
+        netns.delete(ns)
+        mountns.unmount_all(self.layout.mntns(name))
+        self.layout.mntns(name).unlink(missing_ok=True)
+        shutil.rmtree(self.layout.node_dir(name), ignore_errors=True)
+        self._procs.pop(name, None)
+        if self.state.nodes.pop(name, None) is not None:
+            self._save()
+
+    def _create_node(self, name: str, *, init: bool) -> None:
+        if not NODE_NAME_RE.match(name) or name in RESERVED:
+            raise LabUsageError(
+                f"bad node name {name!r}: use 1-31 lowercase letters, digits and '-', "
+                f"starting with a letter, not one of {', '.join(sorted(RESERVED))}"
+            )
+        st = self.state
+        if name in st.nodes or netns.exists(self.netns(name)):
+            raise LabUsageError(f"node {name!r} already exists")
+        index = 1 + max((n.index for n in st.nodes.values()), default=0)
+        node = NodeState(name=name, index=index, underlay=str(UNDERLAY + 10 + index))
+        st.nodes[name] = node
+        self._save()
+        log.info("creating %s (underlay %s)", name, node.underlay)
+        ns = self.netns(name)
+        netns.add(ns)
+        netns.plug(self.netns("hub"), f"vn{index}", ns, f"{node.underlay}/{UNDERLAY_PREFIX}")
+        node_dir = self.layout.node_dir(name)
+        mountns.create(
+            self.layout.mntns(name), netns.netns_path(ns), node_dir, self.layout.ns_dir
+        )
+        if init:
+            self.exec(
+                name,
+                [
+                    ikto_binary(), "init",
+                    "-m", st.mesh_cidr, "-p", str(st.subnet_prefix),
+                    "--private-key-path", KEY_PATH,
+                    "--name", name,
+                    "--advertise-address", node.underlay,
+                    "--nats-url", self.nats_url(),
+                    "-o", CONFIG_PATH,
+                ],
+                check=True,
+            )  # fmt: skip
+
+    def config_file(self, node: str) -> Path:
+        """The node's /etc/ikto/ikto.json as seen from the host."""
+        self._node(node)
+        return self.layout.node_dir(node) / "etc-ikto" / Path(CONFIG_PATH).name
+
+    def config(self, node: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.config_file(node).read_text())
+        return data
+
+    def set_config(self, node: str, **fields: Any) -> None:
+        """Change fields of the node's config file (takes effect at the next agent start)."""
+        from ikto.config import write_atomic
+
+        data = self.config(node)
+        data.update(fields)
+        write_atomic(self.config_file(node), json.dumps(data, indent=2) + "\n")
+
+    def node_argv(self, node: str, argv: Sequence[str]) -> list[str]:
+        """argv wrapped to run inside node's network and mount namespaces."""
+        self._node(node)
+        return [
+            "nsenter",
+            f"--mount={self.layout.mntns(node)}",
+            f"--net={netns.netns_path(self.netns(node))}",
+            "--",
+            *argv,
+        ]
+
+    def exec(
+        self, node: str, argv: Sequence[str], *, check: bool = False, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        return run(
+            self.node_argv(node, argv),
+            check=check,
+            timeout=timeout,
+            env=env_with_path(str(_bin_dir())),
+        )
+
+    def exec_interactive(self, node: str, argv: Sequence[str]) -> int:
+        """Run argv in node attached to this terminal; its exit code."""
+        return interactive(self.node_argv(node, argv), env=env_with_path(str(_bin_dir())))
+
+    # Agents
+
+    def agent_pid(self, node: str) -> int | None:
+        return read_pid(self.layout.agent_pidfile(node))
+
+    def agent_running(self, node: str) -> bool:
+        proc = self._procs.get(node)
+        if proc is not None:
+            proc.poll()  # reap it, or a dead agent would look alive as a zombie
+        pid = self.agent_pid(node)
+        return pid is not None and process.alive(pid)
+
+    def start_agent(self, node: str, timeout: float = 30.0) -> None:
+        """Start node's agent and wait until it answers on its admin socket."""
+        self._spawn_agent(node)
+        self._wait_agent_ready(node, timeout)
+
+    def _spawn_agent(self, node: str) -> None:
+        if self.agent_running(node):
+            raise LabUsageError(f"the agent on {node} is already running")
+        sock = self._admin_socket(node)
+        sock.unlink(missing_ok=True)  # a SIGKILLed agent leaves its socket behind
+        log_path = self.layout.agent_log(node)
+        with open(log_path, "a") as f:
+            f.write(f"--- lab: starting agent {time.strftime('%H:%M:%S')}\n")
+        proc = spawn(
+            self.node_argv(node, [ikto_binary(), "agent", "-c", CONFIG_PATH]),
+            log_path,
+            env=env_with_path(str(_bin_dir())),
+        )
+        # nsenter execs the agent (no --fork), so this pid is the agent's.
+        self.layout.agent_pidfile(node).write_text(f"{proc.pid}\n")
+        self._procs[node] = proc
+        st = self._node(node)
+        if not st.member:
+            st.member, st.left = True, False
+            self._save()
+
+    def _admin_socket(self, node: str) -> Path:
+        return self.layout.node_dir(node) / "run-ikto" / "ikto.sock"
+
+    def _wait_agent_ready(self, node: str, timeout: float = 30.0) -> None:
+        # A unix socket is reachable by path from any network namespace; the host sees
+        # the node's /run/ikto through the bind mount's source directory.
+        deadline = time.monotonic() + timeout
+        path = str(self._admin_socket(node))
+        while True:
+            if not self.agent_running(node):
+                raise LabError(
+                    f"the agent on {node} exited at start (the lab stays up: "
+                    f"`ikto lab logs {node}`, then `ikto lab down`):\n{self.log_tail(node)}"
+                )
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(path)
+                    return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"the agent on {node} did not open its admin socket in {timeout:g} s:\n"
+                    + self.log_tail(node)
+                )
+            time.sleep(0.1)
+
+    def stop_agent(self, node: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        pid = self.agent_pid(node)
+        if pid is None or not self.agent_running(node):
+            raise LabUsageError(f"the agent on {node} is not running")
+        process.signal_pids([pid], sig)
+        proc = self._procs.pop(node, None)
+        if proc is not None:
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise LabError(f"the agent on {node} ignored signal {sig} for {timeout:g} s") from None
+        if process.wait_gone([pid], timeout):
+            raise LabError(f"the agent on {node} ignored signal {sig} for {timeout:g} s")
+        return None
+
+    def leave_node(self, node: str, *, down: bool = False, timeout: float = 15.0) -> int | None:
+        argv = [ikto_binary(), "leave"] + (["--down"] if down else [])
+        self.exec(node, argv, check=True, timeout=timeout)
+        pid = self.agent_pid(node)
+        proc = self._procs.pop(node, None)
+        code = None
+        if proc is not None:
+            try:
+                code = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise LabError(f"the agent on {node} did not exit {timeout:g} s after leave") from None
+        elif pid is not None and process.wait_gone([pid], timeout):
+            raise LabError(f"the agent on {node} did not exit {timeout:g} s after leave")
+        st = self._node(node)
+        st.member, st.left = False, True
+        self._save()
+        return code
+
+    def log_tail(self, node: str, lines: int = 30) -> str:
+        """The last lines of node's agent log."""
+        try:
+            text = self.layout.agent_log(node).read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no agent log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # NATS
+
+    def _start_nats_servers(self, timeout: float = 30.0) -> None:
+        servers = self.nats_servers()
+        cluster = [s.address for s in servers] if len(servers) > 1 else []
+        for s in servers:
+            s.start(cluster, cluster_name=self.name)
+        for s in servers:
+            s.wait_healthy(timeout)
+
+    def stop_nats(self) -> None:
+        for s in self.nats_servers():
+            s.stop()
+
+    def start_nats(self, timeout: float = 30.0) -> None:
+        self._start_nats_servers(timeout)
+
+    # Status
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for `ikto lab status`: NATS health and each node's agent and peers."""
+        nodes = []
+        for n, s in self.state.nodes.items():
+            view = self.observe(n)
+            nodes.append(
+                {
+                    "name": n,
+                    "underlay": s.underlay,
+                    "member": s.member,
+                    "left": s.left,
+                    "agent": "running" if self.agent_running(n) else "stopped",
+                    "pid": self.agent_pid(n),
+                    "mesh_address": str(view.address) if view.address else None,
+                    "peers": len(view.device.peers) if view.device else None,
+                }
+            )
+        nats = [
+            {"name": s.name, "url": s.url, "healthy": s.healthy()} for s in self.nats_servers()
+        ]
+        return {"state_dir": str(self.layout.root), "nats": nats, "nodes": nodes}

@@ -1,0 +1,59 @@
+"""The e2e lab: one lab per session, driven through LabDriver, always torn down.
+
+IKTO_E2E_LAB picks the driver (only `namespaces` exists today; a Vagrant driver will
+plug in here). The suite needs root and wireguard-go, and says so instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ikto.lab import LabDriver, NamespaceLab
+
+STATE_DIR = Path(os.environ.get("IKTO_E2E_STATE_DIR", "/run/ikto-e2e"))
+NODES = 3
+
+
+def make_driver(kind: str) -> LabDriver:
+    """The lab driver named by IKTO_E2E_LAB."""
+    if kind == "namespaces":
+        # Its own state dir and netns prefix, so it never touches a `make demo` lab.
+        return NamespaceLab(STATE_DIR, name="ikto-e2e")
+    raise pytest.UsageError(f"IKTO_E2E_LAB={kind!r}: known labs are: namespaces")
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabDriver]:
+    if os.geteuid() != 0:
+        pytest.fail("the e2e suite needs root (network and mount namespaces, wireguard-go)")
+    driver = make_driver(os.environ.get("IKTO_E2E_LAB", "namespaces"))
+    driver.down()  # whatever a crashed run left behind
+    try:
+        driver.up(NODES)
+        driver.wait_converged(60)
+        yield driver
+    finally:
+        driver.down()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+@pytest.fixture(autouse=True)
+def _agent_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """When a test fails, print each node's agent log tail (pytest shows it with the failure)."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.failed or "lab" not in request.fixturenames:
+        return
+    lab: LabDriver = request.getfixturevalue("lab")
+    for node in lab.nodes():
+        print(f"\n----- agent log of {node} -----\n{lab.log_tail(node, 40)}")
