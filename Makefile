@@ -34,3 +34,20 @@ test-unit: venv
 lint: venv
 	$(VENV)/bin/ruff check ikto tests
 	$(VENV)/bin/mypy
+
+# A 3-node mesh in network namespaces on this host, left up to explore (needs root).
+demo: deps venv
+	@$(PY) -m ikto.lab.demo
+
+# Remove the demo lab (processes, namespaces, mounts, state); safe to run twice.
+lab-down:
+	@if [ -x $(PY) ]; then $(PY) -m ikto.lab.cli down; else echo "==> no $(VENV), so no lab"; fi
+
+# Real agents in network namespaces over wireguard-go (needs root; about 2 minutes).
+test-e2e: deps venv
+	$(PY) -m pytest -q -m e2e tests/e2e
+
+# Benchmarks P1-P5 against their targets and the machine's own floor (needs root; ~5 minutes).
+# BENCH_ARGS="--scale" also runs 100 and 1,000 peers; each bench/p*.py also runs alone.
+bench: deps venv
+	$(PY) bench/run_all.py $(BENCH_ARGS)
