@@ -41,6 +41,15 @@ BURST_WAIT = 0.005  # …this long, so a storm is applied in few `wg` calls
 LOG_EACH_UP_TO = 50  # plans larger than this log one summary line
 
 
+def _public_key_of(value: bytes | None) -> str | None:
+    try:
+        data = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    pk = data.get("public_key") if isinstance(data, dict) else None
+    return pk if isinstance(pk, str) else None
+
+
 class Agent:
     """One mesh node: owns the WireGuard interface and our entry in the bucket."""
 
@@ -114,6 +123,7 @@ class Agent:
                 return self.exit_code
             assert self.store is not None
             await self._claim()
+            self.mesh = Mesh(self._spec())
             self._tasks = [
                 asyncio.create_task(self._watcher(), name="watch"),
                 asyncio.create_task(self._liveness(), name="liveness"),
@@ -239,7 +249,6 @@ class Agent:
             await self._moved(peer)
         self.self_peer = peer
         self.revision = rev
-        self.mesh = Mesh(self._spec())
         log.info(
             "claimed address",
             extra=fields(allowed_ip=str(peer.allowed_ip), revision=rev, key=ipam.peer_key(peer.allowed_ip)),
@@ -331,15 +340,11 @@ class Agent:
                 self._wake.set()
 
     def _self_entry(self, value: bytes, revision: int) -> None:
-        try:
-            mine = json.loads(value).get("public_key") == self.public_key
-        except (ValueError, AttributeError):
-            mine = False
-        if mine:
+        if _public_key_of(value) == self.public_key:
             self.revision = revision
         elif not self._leaving:
             log.error(
-                "our address was overwritten by another node's entry; putting ours back",
+                "our address was overwritten by another node's entry",
                 extra=fields(key=self.mesh.spec.self_key, revision=revision),
             )
             self._heartbeat_now.set()
@@ -375,8 +380,24 @@ class Agent:
                 if cur is None:
                     log.warning("our entry was missing; putting it back", extra=fields(key=key))
                     rev = await self.store.create(key, value, ttl=ttl)
-                else:
+                elif _public_key_of(cur.value) == self.public_key or self.config.address_pinned:
+                    if _public_key_of(cur.value) != self.public_key:
+                        log.error(
+                            "another node wrote our pinned address; putting ours back",
+                            extra=fields(key=key, revision=cur.revision),
+                        )
                     rev = await self.store.update(key, value, cur.revision, ttl=ttl)
+                else:
+                    # Another node holds our key: it reclaimed the address while we were
+                    # silent (or someone wrote it by hand). Fighting over it would flap both
+                    # nodes; we move instead, as at startup.
+                    log.error(
+                        "our address is now held by another node; moving to a new one",
+                        extra=fields(key=key, revision=cur.revision),
+                    )
+                    await self._claim()
+                    self._request_rebuild("we moved to a new address")
+                    return
         except StoreError as e:
             log.warning("heartbeat failed", extra=fields(key=key, error=e))
             if "does not exist" in str(e) or "not found" in str(e).lower():

@@ -63,8 +63,8 @@ async def test_our_entry_deleted_or_purged_comes_back(agents, open_store):
     assert got is not None and json.loads(got.value)["public_key"] == agent.public_key
 
 
-async def test_our_entry_overwritten_is_put_back(agents, open_store):
-    agent, _ = await agents("fd10:a2::")
+async def test_our_pinned_entry_overwritten_is_put_back(agents, open_store):
+    agent, _ = await agents("fd10:a2::", address_pinned=True)
     store = await open_store()
     key = ipam.peer_key(agent.self_peer.allowed_ip)
     await store.put(key, json.dumps(entry("fd10:a2::/48", name="thief")).encode())
@@ -74,6 +74,24 @@ async def test_our_entry_overwritten_is_put_back(agents, open_store):
             break
         await asyncio.sleep(0.1)
     assert json.loads(got.value)["public_key"] == agent.public_key
+
+
+async def test_address_taken_over_while_running_moves_us_without_a_fight(agents, open_store):
+    """Another node reclaimed our address (we were silent too long): we move, it keeps it."""
+    agent, wg = await agents("fd10:a9::")
+    store = await open_store()
+    old_key = ipam.peer_key(agent.self_peer.allowed_ip)
+    newcomer = entry("fd10:a9::/48", name="newcomer")
+    await store.put(old_key, json.dumps(newcomer).encode())
+    await until(lambda: agent.self_peer.allowed_ip != ip_network("fd10:a9::/48"), 10)
+    await until(lambda: newcomer["public_key"] in wg.peers, 10)  # the newcomer is our peer now
+    await asyncio.sleep(2.5)  # a few heartbeats: nobody fights over the key
+    got = await store.get(old_key)
+    assert json.loads(got.value)["public_key"] == newcomer["public_key"]
+    mine = await store.get(ipam.peer_key(agent.self_peer.allowed_ip))
+    assert json.loads(mine.value)["public_key"] == agent.public_key
+    saved = json.loads(agent.config_path.read_text())
+    assert saved["private_address"] == str(agent.self_peer.allowed_ip.network_address)
 
 
 async def _heartbeat(store, es, stop: asyncio.Event):
