@@ -50,7 +50,7 @@ async def running(nats_server, make_config, open_store, tmp_path):
         a = Agent(cfg, cfg_path, wg=wg)
         t = asyncio.create_task(a.run(serve_api=lambda ag: serve(ag, cfg.admin_socket)))
         started.append((a, t))
-        await until(lambda: a.snapshot_done)
+        await until(lambda: a.last_full_reconcile is not None)
         return a, wg
 
     yield start

@@ -37,7 +37,7 @@ async def agents(nats_server, make_config):
         wg = wg or FakeWg()
         a = Agent(cfg, cfg_path, wg=wg)
         started.append((a, asyncio.create_task(a.run())))
-        await until(lambda: a.snapshot_done)
+        await until(lambda: a.last_full_reconcile is not None)
         return a, wg
 
     yield start

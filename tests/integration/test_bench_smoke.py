@@ -1,0 +1,39 @@
+"""The benchmarks still run: each bench/ script at ~20 peers, one run. Nothing about time is asserted.
+
+Each runs as its own process: the benchmarks move their main thread into a network namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+CASES = {
+    "p1_change": ["--peers", "20", "--runs", "1", "--samples", "4"],
+    "p2_cold": ["--peers", "20", "--runs", "1"],
+    "p3_storm": ["--peers", "20", "--runs", "1", "--window", "0.2"],
+    "p5_resources": ["--peers", "20", "--runs", "1", "--settle", "0.2", "--idle", "0.5", "--syncs", "1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bench_runs_and_writes_json(name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "BENCH_RESULTS": str(tmp_path)}
+    cp = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{name}.py"), *CASES[name]],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    data = json.loads((tmp_path / f"{name}-latest.json").read_text())
+    assert data["results"] and data["results"][0]
+    # every mesh peer really reached WireGuard
+    r = data["results"][0]
+    assert r.get("validated_in_dump", True) and r.get("all_applied", True)
