@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,14 @@ class FakeWg:
 
     def applies(self) -> list[Plan]:
         return [c[1] for c in self.calls if c[0] == "apply"]
+
+
+async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until cond() is true (polling every 20 ms), or fail the test."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")

@@ -105,3 +105,36 @@ async def open_store(
 def _ikto_logs_on(caplog: pytest.LogCaptureFixture) -> None:
     """Log at DEBUG so every log call's fields are really formatted (a bad one raises)."""
     caplog.set_level(logging.DEBUG, logger="ikto")
+
+
+@pytest.fixture
+async def start_agent(
+    nats_server: NatsServer, make_config: Callable[..., Config]
+) -> AsyncIterator[Callable[..., Awaitable[tuple[Any, Any]]]]:
+    """start_agent(private_address, serve_api=False, **fields): an in-process Agent against
+    the test's nats-server with the OS seam faked; waits for its first full reconcile."""
+    import asyncio
+    import json
+
+    from fakes import FakeWg, until
+
+    from ikto.agent import Agent
+    from ikto.api import serve
+
+    started: list[tuple[Agent, asyncio.Task[int]]] = []
+
+    async def start(addr: str, *, serve_api: bool = False, **fields: Any) -> tuple[Agent, FakeWg]:
+        cfg = make_config(nats_server.url, private_address=addr, **fields)
+        cfg_path = Path(cfg.config_dir) / "ikto.json"
+        cfg_path.write_text(json.dumps(cfg.to_json_dict()))
+        wg = FakeWg()
+        a = Agent(cfg, cfg_path, wg=wg)  # type: ignore[arg-type]
+        api = (lambda ag: serve(ag, cfg.admin_socket)) if serve_api else None
+        started.append((a, asyncio.create_task(a.run(serve_api=api))))
+        await until(lambda: a.last_full_reconcile is not None)
+        return a, wg
+
+    yield start
+    for a, t in started:
+        a.stop()
+        await asyncio.wait_for(t, 10)

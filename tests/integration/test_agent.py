@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from ipaddress import ip_network
-from pathlib import Path
 
 import pytest
+from fakes import until
 
 from ikto import ipam, keys
 from ikto.agent import Agent
-from ikto.api import call, serve
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from fakes import FakeWg
+from ikto.api import call
 
 
 def entry(net: str, name: str = "peer", adv: str = "198.18.0.50", port: int = 51820, pub: str | None = None):
@@ -28,35 +24,10 @@ def entry(net: str, name: str = "peer", adv: str = "198.18.0.50", port: int = 51
     }
 
 
-async def until(cond, timeout=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
 @pytest.fixture
-async def running(nats_server, make_config, open_store, tmp_path):
-    started: list[tuple[Agent, asyncio.Task]] = []
-
-    async def start(addr: str = "fd10:aa::", **fields) -> tuple[Agent, FakeWg]:
-        cfg = make_config(nats_server.url, private_address=addr, **fields)
-        cfg_path = Path(cfg.config_dir) / "ikto.json"
-        cfg_path.write_text(json.dumps(cfg.to_json_dict()))
-        wg = FakeWg()
-        a = Agent(cfg, cfg_path, wg=wg)
-        t = asyncio.create_task(a.run(serve_api=lambda ag: serve(ag, cfg.admin_socket)))
-        started.append((a, t))
-        await until(lambda: a.last_full_reconcile is not None)
-        return a, wg
-
-    yield start
-    for a, t in started:
-        a.stop()
-        await asyncio.wait_for(t, 10)
+def running(start_agent):
+    """Agents with default timings and the admin API served."""
+    return lambda addr="fd10:aa::", **fields: start_agent(addr, serve_api=True, **fields)
 
 
 async def test_claims_and_follows_add_update_delete(running, open_store):

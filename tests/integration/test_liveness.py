@@ -6,44 +6,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from ipaddress import ip_network
-from pathlib import Path
 
 import pytest
+from badinputs import BAD_VALUES
+from fakes import until
+from test_agent import entry
 
 from ikto import ipam, keys
-from ikto.agent import Agent
 from ikto.claim import claim
 from ikto.models import Peer
 from ikto.store import StoreError
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from badinputs import BAD_VALUES
-from fakes import FakeWg
-from test_agent import entry, until
 
 FAST = {"heartbeat_interval": 1.0, "stale_after": 2.0, "remove_after": 4.0, "reclaim_after": 4.0}
 
 
 @pytest.fixture
-async def agents(nats_server, make_config):
-    started: list[tuple[Agent, asyncio.Task]] = []
-
-    async def start(addr: str, wg: FakeWg | None = None, **fields) -> tuple[Agent, FakeWg]:
-        cfg = make_config(nats_server.url, private_address=addr, **{**FAST, **fields})
-        cfg_path = Path(cfg.config_dir) / "ikto.json"
-        cfg_path.write_text(json.dumps(cfg.to_json_dict()))
-        wg = wg or FakeWg()
-        a = Agent(cfg, cfg_path, wg=wg)
-        started.append((a, asyncio.create_task(a.run())))
-        await until(lambda: a.last_full_reconcile is not None)
-        return a, wg
-
-    yield start
-    for a, t in started:
-        a.stop()
-        await asyncio.wait_for(t, 10)
+def agents(start_agent):
+    """Agents with shrunk liveness timings (FAST)."""
+    return lambda addr, **fields: start_agent(addr, **{**FAST, **fields})
 
 
 async def put_entry(store, e) -> int:

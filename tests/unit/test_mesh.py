@@ -1,11 +1,10 @@
 """Every rejected-entry rule, v0.3 entries, conflicts, and the reconciler's properties."""
 
 import json
-import sys
 from ipaddress import ip_network
-from pathlib import Path
 
 import pytest
+from badinputs import BAD_VALUES, entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,9 +12,6 @@ from ikto import ipam, keys
 from ikto.mesh import Mesh, MeshSpec, parse_entry
 from ikto.models import WgPeer
 from ikto.reconcile import applied, diff, peer_config
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from badinputs import BAD_VALUES
 
 MESH = ip_network("fd10::/16")
 SELF_PUB = keys.public_key(keys.generate_private_key())
@@ -25,18 +21,6 @@ SPEC = MeshSpec(MESH, 48, SELF_PUB, ipam.peer_key(SELF_NET))
 
 def pub() -> str:
     return keys.public_key(keys.generate_private_key())
-
-
-def entry(net="fd10:1:2::/48", **over):
-    e = {
-        "name": "node2",
-        "public_key": over.pop("public_key", None) or pub(),
-        "advertise_address": "198.18.0.12",
-        "allowed_ip": net,
-        "wg_port": 51820,
-    }
-    e.update(over)
-    return e
 
 
 def put(e, key=None):
