@@ -123,3 +123,24 @@ async def test_admin_api_and_leave(running, open_store):
     store = await open_store()
     await until(lambda: agent._stop.is_set())
     assert await store.get(ipam.peer_key(ip_network("fd10:ee::/48"))) is None
+
+
+async def test_rendered_file_follows_the_mesh_and_is_flushed_on_stop(running, open_store, monkeypatch):
+    import ikto.agent
+
+    monkeypatch.setattr(ikto.agent, "WRITE_QUIET", 0.2)
+    agent, wg = await running("fd10:ef::")
+    path = agent.config.wg_config_path
+    store = await open_store()
+    e = entry("fd10:ef:1::/48", name="filed")
+    await store.put(ipam.peer_key(ip_network("fd10:ef:1::/48")), json.dumps(e).encode())
+    await until(lambda: path.exists() and e["public_key"] in path.read_text(), 5)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    # a change just before stopping is still written: a reboot restores the latest mesh
+    monkeypatch.setattr(ikto.agent, "WRITE_QUIET", 60)
+    late = entry("fd10:ef:2::/48", name="late")
+    await store.put(ipam.peer_key(ip_network("fd10:ef:2::/48")), json.dumps(late).encode())
+    await until(lambda: late["public_key"] in wg.peers)
+    assert late["public_key"] not in path.read_text()
+    agent.stop()
+    await until(lambda: late["public_key"] in path.read_text(), 5)
