@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import functools
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 
 import jinja2
 
 import ikto
+from ikto import ipam
 from ikto.config import Config, write_atomic
-from ikto.ipam import Address
 from ikto.models import Peer
 
 TEMPLATE = "wg-quick.conf.j2"
@@ -42,20 +41,6 @@ def _template() -> jinja2.Template:
     return env.get_template(TEMPLATE)
 
 
-def _addr_text(a: Address) -> str:
-    """str(a), fast: inet_ntop in C instead of ipaddress's pure-Python formatting.
-
-    They agree (lowercase, longest zero run compressed, first on a tie) except for
-    IPv6 addresses with an embedded IPv4 form (::a.b.c.d, ::ffff:a.b.c.d), left to str().
-    str() of 10k IPv6 networks took ~100 ms of a 10k-peer render; inet_ntop ~10 ms.
-    """
-    if a.version == 4:
-        return socket.inet_ntop(socket.AF_INET, a.packed)
-    if int(a) >> 48:
-        return socket.inet_ntop(socket.AF_INET6, a.packed)
-    return str(a)
-
-
 def _peer_rows(peers: Iterable[Peer]) -> list[tuple[str, str, str, str]]:
     """(comment, public key, allowed IPs, endpoint) per peer, sorted by subnet."""
     # Sort on ints: comparing ipaddress objects is ~10x slower.
@@ -66,9 +51,9 @@ def _peer_rows(peers: Iterable[Peer]) -> list[tuple[str, str, str, str]]:
     keyed.sort(key=lambda kp: kp[0])
     rows = []
     for _, p in keyed:
-        net_text = f"{_addr_text(p.allowed_ip.network_address)}/{p.allowed_ip.prefixlen}"
+        net_text = ipam.network_text(p.allowed_ip)
         adv = p.advertise_address
-        host = _addr_text(adv)
+        host = ipam.address_text(adv)
         endpoint = f"[{host}]:{p.wg_port}" if adv.version == 6 else f"{host}:{p.wg_port}"
         rows.append((f"{p.name.translate(_CONTROL)} ({net_text})", p.public_key, net_text, endpoint))
     return rows

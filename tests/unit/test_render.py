@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ikto import render
+from ikto import ipam, render
 from ikto.config import Config
 from ikto.models import Peer, PeerConfig
 from ikto.reconcile import peer_config
@@ -135,14 +135,14 @@ def test_fast_address_text_equals_str(n: int, zero_mask: int) -> None:
         if (zero_mask >> (g * 8)) & 1 or (n >> (g * 16 + 7)) & 1:
             mask |= 0xFFFF << (g * 16)
     a = IPv6Address(n & ~mask)
-    assert render._addr_text(a) == str(a)
+    assert ipam.address_text(a) == str(a)
 
 
 @pytest.mark.parametrize("text", ["::", "::1", "::ffff:1.2.3.4", "::1.2.3.4", "1::", "1:0:0:1::1",
                                   "1:0:1:0:1:0:1:0", "fd10::", "64:ff9b::c000:201", "192.0.2.1"])
 def test_fast_address_text_edge_cases(text: str) -> None:
     a = ip_address(text)
-    assert render._addr_text(a) == str(a)
+    assert ipam.address_text(a) == str(a)
 
 
 def test_write_config_is_0600(tmp_path: Path) -> None:
