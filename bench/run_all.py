@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""`make bench`: P1-P5 at their target sizes, then one summary table against the targets.
+
+Each benchmark also runs alone (bench/p1_change.py ... --peers 100 1000 10000 --runs 3);
+results go to bench/results/<name>-<time>.json and <name>-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common as c
+from bench import p1_change, p2_cold, p3_storm, p4_lab, p5_resources
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", action="store_true", help="also run P1-P3 and P5 at 100 and 1,000 peers")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip", nargs="*", default=[], help="e.g. --skip p4")
+    a = ap.parse_args()
+    big = ["100", "1000", "10000"] if a.scale else ["10000"]
+    runs = ["--runs", str(a.runs)]
+    rows: list[list[Any]] = []
+    if "p1" not in a.skip:
+        r = p1_change.main(["--peers", *big, *runs])["results"][-1]
+        rows.append(["P1 one change @10k", "p50<=15 ms, p99<=40 ms",
+                     f"p50 {r['latency_ms_log']['p50']:.1f}, p99 {r['latency_ms_log']['p99']:.1f} ms",
+                     f"{r['floor_ms']:.1f} ms", f"{r['ratio_p50']}x"])
+    if "p2" not in a.skip:
+        r = p2_cold.main(["--peers", *big, *runs])["results"][-1]
+        rows.append(["P2 cold start @10k", "<=4 s", c.fmt(r["cold_start_s"], "s"),
+                     f"{r['floor_s']['p50']:.2f} s", f"{r['ratio_p50']}x"])
+    if "p3" not in a.skip:
+        small = ["100", "1000"] if a.scale else ["1000"]
+        r = p3_storm.main(["--peers", *small, *runs])["results"][-1]
+        rows.append(["P3 storm 1k+1k", "<=1500 ms, <=50 calls",
+                     f"{r['after_last_put_ms']['p50']:.0f} ms "
+                     f"(max {r['after_last_put_ms']['max']:.0f}), "
+                     f"{r['wg_calls']['p50']:.0f} calls", f"{r['floor_s'] * 1000:.1f} ms",
+                     f"{r['ratio_p50']}x"])
+    if "p4" not in a.skip:
+        r = p4_lab.main(["--peers", "10", "--runs", str(max(a.runs, 5))])["results"][-1]
+        s = r["join_to_ping_ms_each_member"]
+        rows.append(["P4 lab join->ping (10)", "p50<=150, p99<=500 ms",
+                     f"p50 {s['p50']:.0f}, p99 {s['p99']:.0f} ms", f"{r['floor_ms']:.1f} ms",
+                     f"{r['ratio_p50']}x"])
+    if "p5" not in a.skip:
+        r = p5_resources.main(["--peers", *big, "--runs", "1"])["results"][-1]
+        rows.append(["P5 RSS / idle CPU @10k", "<=80 MiB, <1 %",
+                     f"{r['agent_rss_mib']['p50']:.0f} MiB, {r['agent_idle_cpu_percent']['p50']:.2f} %",
+                     f"{r['floor_bare_watcher_rss_mib']:.0f} MiB", f"{r['ratio_rss']}x"])
+    print()
+    print(c.table(rows, ["benchmark", "target", "measured", "floor", "ratio"]))
+
+
+if __name__ == "__main__":
+    main()
