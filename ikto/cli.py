@@ -283,12 +283,51 @@ def status(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None
 def leave(
     socket: SocketOpt = DEFAULT_SOCKET,
     down: Annotated[bool, typer.Option("--down", help="Also remove the WireGuard interface.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c",
+            help="With no agent running: connect to NATS with this config and remove our entry.",
+        ),
+    ] = None,
 ) -> None:
-    """Leave the mesh: the running agent removes its entry (with its revision) and stops."""
-    from ikto.api import call
+    """Leave the mesh: remove our entry from the bucket (with its revision).
 
-    call(socket, "POST", f"/v1/leave?down={int(down)}")
+    Normally the running agent does it (and then stops). If the agent is not running, pass
+    -c CONFIG: the entry is removed only if it still holds our public key.
+    """
+    if config is not None and not socket.exists():
+        asyncio.run(_leave_direct(config, down))
+    else:
+        from ikto.api import call
+
+        call(socket, "POST", f"/v1/leave?down={int(down)}")
     print("ikto: left the mesh" + (" and removed the interface" if down else ""), file=sys.stderr)
+
+
+async def _leave_direct(config_path: Path, down: bool) -> None:
+    from ikto.store import Store
+    from ikto.wg import Wg
+
+    cfg = load_config(config_path)
+    cfg.require_agent_fields()
+    assert cfg.private_key_path is not None
+    pub = keys.public_key(keys.read_private_key(cfg.private_key_path))
+    key = ipam.peer_key(cfg.subnet)
+    store = await Store.connect(cfg, name=f"ikto-leave {cfg.name}")
+    try:
+        await store.open_bucket(cfg.nats_kv, create=False)
+        cur = await store.get(key)
+        if cur is None:
+            print(f"ikto: no entry at {key}; nothing to remove", file=sys.stderr)
+        elif json.loads(cur.value or b"{}").get("public_key") != pub:
+            raise UsageError(f"the entry at {key} belongs to another node now; not removing it")
+        else:
+            await store.delete(key, cur.revision)
+    finally:
+        await store.close()
+    if down:
+        await asyncio.to_thread(Wg(cfg.wg_dev_name).down, cfg.wg_config_path)
 
 
 def _register_lab() -> None:

@@ -144,3 +144,23 @@ async def test_rendered_file_follows_the_mesh_and_is_flushed_on_stop(running, op
     assert late["public_key"] not in path.read_text()
     agent.stop()
     await until(lambda: late["public_key"] in path.read_text(), 5)
+
+
+async def test_leave_without_a_running_agent(running, open_store, tmp_path):
+    import subprocess
+    import sys
+
+    agent, _ = await running("fd10:ed::")
+    cfg_path = agent.config_path
+    agent.stop()
+    await until(lambda: not agent.config.admin_socket.exists(), 5)
+    store = await open_store()
+    key = ipam.peer_key(ip_network("fd10:ed::/48"))
+    assert await store.get(key) is not None
+    r = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ikto", "leave", "-c", str(cfg_path), "-s", str(tmp_path / "none.sock")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert await store.get(key) is None
