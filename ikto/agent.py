@@ -19,7 +19,7 @@ from typing import Any
 from ikto import ipam, keys
 from ikto.claim import claim
 from ikto.config import Config, write_atomic
-from ikto.errors import IktoError
+from ikto.errors import IktoError, UsageError
 from ikto.log import fields
 from ikto.mesh import Mesh, MeshSpec
 from ikto.models import Peer, Plan, WgPeer
@@ -127,7 +127,8 @@ class Agent:
             if not await self._connect():
                 return self.exit_code
             assert self.store is not None
-            await self._claim()
+            if not await self._claim_with_retry():
+                return self.exit_code
             self.mesh = Mesh(self._spec())
             self._tasks = [
                 asyncio.create_task(self._watcher(), name="watch"),
@@ -243,6 +244,23 @@ class Agent:
         self._request_rebuild("reconnected to NATS")
         self._heartbeat_now.set()
 
+    async def _claim_with_retry(self) -> bool:
+        """Claim at startup, retrying transient NATS errors (e.g. a new R3 stream electing its
+        leader) with backoff; a taken pinned address or a permission error is final."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                await self._claim()
+                return True
+            except StoreError as e:
+                if isinstance(e, UsageError) or "permission denied" in str(e):
+                    raise
+                log.warning("claiming our address failed; retrying", extra=fields(error=e, retry_in=delay))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 30.0)
+        return False
+
     async def _claim(self) -> None:
         assert self.store is not None
         peer, rev = await claim(
@@ -283,9 +301,18 @@ class Agent:
 
     # Running
 
-    def _request_rebuild(self, reason: str) -> None:
+    def _request_rebuild(self, reason: str, *, hold_removals: bool = False) -> None:
+        """Rebuild the watch from a fresh snapshot. With hold_removals (the bucket was wiped),
+        peers missing from the new snapshot stay in WireGuard for three heartbeats: live nodes
+        re-assert within one, so only the ones that do not come back are removed."""
         self._rebuild_reason = reason
+        if hold_removals:
+            loop = asyncio.get_running_loop()
+            self._hold_removals_until = loop.time() + 3 * self.config.heartbeat_interval
+            loop.call_at(self._hold_removals_until + 0.5, self._resync_soon.set)
         self._rebuild.set()
+
+    _hold_removals_until = 0.0
 
     async def _watcher(self) -> None:
         """Run the watch; rebuild it from a fresh snapshot when asked (reconnect, stall)."""
@@ -315,12 +342,22 @@ class Agent:
         self_key = mesh.spec.self_key
         live = self._watch_live = False
         self._max_rev = 0
+        with contextlib.suppress(StoreError):  # the identity this watch follows
+            self._stream_ident, _ = await self.store.stream_info()
         async for e in self.store.watch("peers.*"):
             if e is None:
                 if not live:
                     live = self._watch_live = True
+                    old = self.mesh
+                    # Peers already out of WireGuard stay out until they write again: a
+                    # rebuild must not hand a dead node a fresh grace (and bring it back).
+                    mesh.expired = {
+                        k
+                        for k in old.expired
+                        if k in mesh.entries and mesh.revision_of(k) == old.revision_of(k)
+                    }
                     self.mesh = mesh
-                    self._grace_floor = mesh.server_now  # everyone gets a fresh grace
+                    self._grace_floor = mesh.server_now  # everyone else gets a fresh grace
                     self.snapshot_done = True
                     log.info(
                         "bucket snapshot loaded",
@@ -415,7 +452,7 @@ class Agent:
                         create=self.config.create_bucket,
                         replicas=self.config.bucket_replicas,
                     )
-                    self._request_rebuild("the bucket was gone")
+                    self._request_rebuild("the bucket was gone", hold_removals=True)
             return
         self.revision = rev
         self._hb_rev = rev
@@ -429,16 +466,22 @@ class Agent:
         except StoreError:
             return
         if self._stream_ident is not None and ident != self._stream_ident:
-            self._request_rebuild("the bucket was recreated")
+            self._request_rebuild("the bucket was recreated", hold_removals=True)
         elif last < self._max_rev:
-            self._request_rebuild("the bucket went back in time (restored from an older snapshot?)")
+            # Confirm on the next check: in a cluster a lagging replica can answer stream info.
+            self._behind += 1
+            if self._behind >= 2:
+                self._request_rebuild("the bucket went back in time (restored from an older snapshot?)")
         elif self._watch_live and self._prev_hb_rev > self._max_rev:
             self._request_rebuild("the watch stopped delivering (our own heartbeat never arrived)")
+        if last >= self._max_rev:
+            self._behind = 0
         self._stream_ident = ident
         self._prev_hb_rev = self._hb_rev
 
     _prev_hb_rev = 0
     _watch_live = False
+    _behind = 0  # consecutive checks that saw the bucket behind the watch
 
     def _expire(self) -> None:
         """Take peers silent for remove_after out of WireGuard (their entries stay) — unless
@@ -449,7 +492,8 @@ class Agent:
         keys = [k for k in mesh.entries if k != mesh.spec.self_key]
         silent = {
             k for k in keys
-            if (t := mesh.silent_for(k, self._grace_floor)) is not None and t > self.config.remove_after
+            if k in mesh.expired
+            or ((t := mesh.silent_for(k, self._grace_floor)) is not None and t > self.config.remove_after)
         }
         if keys and len(silent) > len(keys) / 2:
             if not self._mass_stale_warned:
@@ -498,6 +542,8 @@ class Agent:
         async with self._apply_lock:
             wanted = self._wanted(public_keys)
             plan = diff(wanted, self.observed, public_keys)
+            if plan.remove and asyncio.get_running_loop().time() < self._hold_removals_until:
+                plan = Plan(set=plan.set, remove=())  # see _request_rebuild
             if not plan:
                 return
             t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ikto import ipam
+from ikto.errors import UsageError
 from ikto.ipam import Network
 from ikto.models import Peer
 from ikto.store import Entry, KeyExistsError, RevisionMismatchError, Store, StoreError
@@ -24,10 +25,8 @@ log = logging.getLogger(__name__)
 RACE_RETRIES = 8
 
 
-class AddressTakenError(StoreError):
-    """Our pinned address belongs to another node: the user must choose."""
-
-    exit_code = 2
+class AddressTakenError(StoreError, UsageError):
+    """Our pinned address belongs to another node: the user must choose (exit 2)."""
 
 
 async def claim(
@@ -74,7 +73,7 @@ async def claim(
             "address %s is taken by %s; trying %s", peer.allowed_ip, _describe_holder(holder), new
         )
         peer = replace(peer, allowed_ip=new)
-    raise StoreError(
+    raise AddressTakenError(
         f"could not claim an address in {mesh}: {attempts} subnets were all taken "
         "(is the mesh nearly full? use a shorter mesh_cidr prefix or a longer subnet_prefix)"
     )

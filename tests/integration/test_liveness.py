@@ -98,6 +98,10 @@ async def test_silent_peer_is_stale_then_removed_then_back(agents, open_store):
         assert all(e["public_key"] in wg.peers for e in live)  # nobody else touched
         key = ipam.peer_key(ip_network(silent["allowed_ip"]))
         assert key in agent.mesh.entries  # the entry itself is never deleted by us
+        # a watch rebuild (e.g. after a reconnect) does not give the dead peer a fresh grace
+        agent._request_rebuild("test")
+        await asyncio.sleep(3)
+        assert silent["public_key"] not in wg.peers and key in agent.mesh.expired
         await put_entry(store, silent)  # it speaks again
         await until(lambda: silent["public_key"] in wg.peers)
     finally:
@@ -159,6 +163,10 @@ async def test_bucket_deleted_and_recreated_is_noticed(agents, open_store, nats_
     after = entry("fd10:e2::/48")
     await put_entry(store2, after)
     await until(lambda: after["public_key"] in wg.peers, 15)
+    # not wiped at the rebuild: peers missing from the new bucket get a few heartbeats to
+    # re-assert; this one never does, so it goes after that
+    assert before["public_key"] in wg.peers
+    await until(lambda: before["public_key"] not in wg.peers, 15)
     key = ipam.peer_key(agent.self_peer.allowed_ip)
     for _ in range(50):
         if await store2.get(key) is not None:
