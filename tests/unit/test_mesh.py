@@ -161,3 +161,19 @@ def test_diff_removes_unknown_and_leaves_matching_alone():
     assert plan.set == () and plan.remove == (stranger.public_key,)
     moved = WgPeer(pc.public_key, "198.18.0.99:51820", pc.allowed_ips, 1, 1, 1, 25)
     assert diff({pc.public_key: pc}, {pc.public_key: moved}).set == (pc,)
+
+
+def test_heartbeat_with_same_value_touches_nothing_and_keeps_first_revision():
+    m = Mesh(SPEC)
+    k = pub()
+    a = entry("fd10:1:1::/48", public_key=k, name="first")
+    b = entry("fd10:1:2::/48", public_key=k, name="second")
+    m.put(*put(a), 10)
+    m.put(*put(b), 20)
+    assert m.put(*put(a), 30) == (set(), None)  # a heartbeat: nothing to re-check
+    assert m.winner(k).name == "first" and m.revision_of(put(a)[0]) == 10
+    ka = put(a)[0]
+    m.set_expired({ka})
+    assert m.winner(k).name == "second"
+    assert m.put(*put(a), 40)[0] == {k}  # it spoke again: re-check it
+    assert m.winner(k).name == "first"
