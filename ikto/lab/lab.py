@@ -18,14 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from ikto.lab import mountns, netns, process
+from ikto.lab import firewall, mountns, netns, process
 from ikto.lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
-from ikto.lab.nats import NatsServer
+from ikto.lab.nats import MONITOR_PORT, NatsServer
 from ikto.lab.shell import LabError, LabUsageError, env_with_path, interactive, run, spawn
 from ikto.lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid
 
@@ -60,8 +60,18 @@ class NamespaceLab(LabDriver):
         name: str = DEFAULT_NAME,
         mesh_cidr: str = DEFAULT_MESH,
         subnet_prefix: int = DEFAULT_SUBNET_PREFIX,
+        *,
+        node_config: Mapping[str, Any] | None = None,
+        agent_env: Mapping[str, str] | None = None,
+        nats_config: str = "",
     ) -> None:
         self.layout = Layout(Path(state_dir))
+        # Fault tests shrink the liveness timings of every node (node_config, written into
+        # each new node's config file), give agents extra environment (agent_env, e.g. a
+        # fake clock), or add to every nats-server's config (nats_config, e.g. users).
+        self.node_config = dict(node_config or {})
+        self.agent_env = dict(agent_env or {})
+        self.nats_config = nats_config
         loaded = self.layout.load()
         self.name = loaded.name if loaded else name
         self._mesh = (mesh_cidr, subnet_prefix)
@@ -247,6 +257,8 @@ class NamespaceLab(LabDriver):
                 ],
                 check=True,
             )  # fmt: skip
+            if self.node_config:
+                self.set_config(name, **self.node_config)
 
     def config_file(self, node: str) -> Path:
         """The node's /etc/ikto/ikto.json as seen from the host."""
@@ -302,12 +314,14 @@ class NamespaceLab(LabDriver):
         pid = self.agent_pid(node)
         return pid is not None and process.alive(pid)
 
-    def start_agent(self, node: str, timeout: float = 30.0) -> None:
-        """Start node's agent and wait until it answers on its admin socket."""
-        self._spawn_agent(node)
+    def start_agent(
+        self, node: str, timeout: float = 30.0, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start node's agent (env: extra environment) and wait until it answers on its admin socket."""
+        self._spawn_agent(node, env)
         self._wait_agent_ready(node, timeout)
 
-    def _spawn_agent(self, node: str) -> None:
+    def _spawn_agent(self, node: str, extra_env: Mapping[str, str] | None = None) -> None:
         if self.agent_running(node):
             raise LabUsageError(f"the agent on {node} is already running")
         sock = self._admin_socket(node)
@@ -318,7 +332,7 @@ class NamespaceLab(LabDriver):
         proc = spawn(
             self.node_argv(node, [ikto_binary(), "agent", "-c", CONFIG_PATH]),
             log_path,
-            env=env_with_path(str(_bin_dir())),
+            env={**env_with_path(str(_bin_dir())), **self.agent_env, **(extra_env or {})},
         )
         # nsenter execs the agent (no --fork), so this pid is the agent's.
         self.layout.agent_pidfile(node).write_text(f"{proc.pid}\n")
@@ -402,7 +416,7 @@ class NamespaceLab(LabDriver):
         servers = self.nats_servers()
         cluster = [s.address for s in servers] if len(servers) > 1 else []
         for s in servers:
-            s.start(cluster, cluster_name=self.name)
+            s.start(cluster, cluster_name=self.name, extra=self.nats_config)
         for s in servers:
             s.wait_healthy(timeout)
 
@@ -436,3 +450,136 @@ class NamespaceLab(LabDriver):
             {"name": s.name, "url": s.url, "healthy": s.healthy()} for s in self.nats_servers()
         ]
         return {"state_dir": str(self.layout.root), "nats": nats, "nodes": nodes}
+
+    # Faults (for tests/faults): every one undoable, none outside the lab's namespaces.
+
+    def nats_server(self, name: str) -> NatsServer:
+        for s in self.nats_servers():
+            if s.name == name:
+                return s
+        raise LabUsageError(f"no nats-server {name!r} (servers: {[s.name for s in self.nats_servers()]})")
+
+    def kill_nats_server(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send sig to one nats-server and wait until it is gone (its store stays)."""
+        pid = read_pid(self.nats_server(name).pidfile)
+        if pid is None:
+            return
+        process.signal_pids([pid], sig)
+        if process.wait_gone([pid], 15):
+            raise LabError(f"nats-server {name} survived signal {sig}")
+
+    def start_nats_server(self, name: str, timeout: float = 30.0) -> None:
+        """Start one nats-server again (same config and store) and wait until it is healthy."""
+        servers = self.nats_servers()
+        cluster = [s.address for s in servers] if len(servers) > 1 else []
+        s = self.nats_server(name)
+        s.start(cluster, cluster_name=self.name, extra=self.nats_config)
+        s.wait_healthy(timeout)
+
+    def nats_monitor(self, path: str) -> dict[str, Any]:
+        """GET a monitoring endpoint (e.g. `jsz?streams=true&accounts=true`) of the first live server."""
+        for s in self.nats_servers():
+            pid = read_pid(s.pidfile)
+            if pid is None or not process.alive(pid):
+                continue
+            url = f"http://{s.address}:{MONITOR_PORT}/{path}"
+            cp = run(["ip", "netns", "exec", s.netns, "curl", "-sf", "-m", "2", url], check=False)
+            if cp.returncode == 0:
+                data: dict[str, Any] = json.loads(cp.stdout)
+                return data
+        raise LabError(f"no nats-server answered /{path}")
+
+    def nats_leaders(self, stream: str) -> tuple[str | None, str | None]:
+        """(JetStream meta leader, leader of `stream`) by server name, as the cluster reports them."""
+        jsz = self.nats_monitor("jsz?streams=true&accounts=true")
+        meta = (jsz.get("meta_cluster") or {}).get("leader")
+        leader = None
+        for acc in jsz.get("account_details") or []:
+            for st in acc.get("stream_detail") or []:
+                if st.get("name") == stream:
+                    leader = (st.get("cluster") or {}).get("leader")
+        return meta, leader
+
+    def _admin_netns(self) -> str:
+        """A netns on the underlay for an operator's tools (created on first use)."""
+        ns = self.netns("admin")
+        if not netns.exists(ns):
+            netns.add(ns)
+            netns.plug(self.netns("hub"), "vadm", ns, f"{UNDERLAY + 9}/{UNDERLAY_PREFIX}")
+        return ns
+
+    def admin(
+        self, *args: str, url: str | None = None, bucket: str = "ikto-mesh", timeout: float = 120.0
+    ) -> Any:
+        """Run `python -m ikto.lab.admin ARGS` against the lab's NATS as an operator; its JSON."""
+        replicas = "3" if len(self.nats_servers()) > 1 else "1"
+        argv = [
+            "ip", "netns", "exec", self._admin_netns(), sys.executable, "-m", "ikto.lab.admin",
+            "--url", url or self.nats_url(), "--bucket", bucket, "--replicas", replicas, *args,
+        ]  # fmt: skip
+        cp = run(argv, check=False, timeout=timeout)
+        if cp.returncode != 0:
+            raise LabError(f"lab admin {' '.join(args)} failed: {(cp.stderr or cp.stdout).strip()[-800:]}")
+        return json.loads(cp.stdout)
+
+    def block(self, node: str, rules: Sequence[Sequence[str]]) -> None:
+        """Drop (silently, no reset) packets matching each iptables match in node's netns."""
+        firewall.drop(self.netns(node), rules)
+
+    def unblock(self, node: str) -> None:
+        """Remove every rule block() added on node."""
+        firewall.clear(self.netns(node))
+
+    def dropped_packets(self, node: str) -> int:
+        return firewall.dropped_packets(self.netns(node))
+
+    def cut_from_nats(self, node: str) -> None:
+        """Drop all traffic between node and every nats-server (a dead link, not a refusal)."""
+        rules: list[list[str]] = []
+        for s in self.nats_servers():
+            rules += [["-d", s.address], ["-s", s.address]]
+        self.block(node, rules)
+
+    def drop_wireguard(self, a: str, b: str) -> None:
+        """Drop the WireGuard UDP between nodes a and b (both directions, filtered on a)."""
+        ub = self.underlay(b)
+        self.block(a, [["-p", "udp", "-s", ub], ["-p", "udp", "-d", ub]])
+
+    def pause_agent(self, node: str) -> None:
+        """SIGSTOP node's agent (it keeps its sockets but answers nothing)."""
+        pid = self.agent_pid(node)
+        if pid is None:
+            raise LabUsageError(f"the agent on {node} is not running")
+        process.signal_pids([pid], signal.SIGSTOP)
+
+    def resume_agent(self, node: str) -> None:
+        pid = self.agent_pid(node)
+        if pid is not None:
+            process.signal_pids([pid], signal.SIGCONT)
+
+    def spawn_agent(self, node: str, *, env: Mapping[str, str] | None = None) -> None:
+        """Start node's agent without waiting for it (several at once, or one expected to fail)."""
+        self._spawn_agent(node, env)
+
+    def wait_agent_ready(self, node: str, timeout: float = 30.0) -> None:
+        self._wait_agent_ready(node, timeout)
+
+    def wait_agent_exit(self, node: str, timeout: float = 30.0) -> int | None:
+        """Wait for node's agent to exit by itself; its exit code (LabError if it keeps running)."""
+        proc = self._procs.pop(node, None)
+        if proc is not None:
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._procs[node] = proc
+                raise LabError(f"the agent on {node} still runs after {timeout:g} s") from None
+        pid = self.agent_pid(node)
+        if pid is not None and process.wait_gone([pid], timeout):
+            raise LabError(f"the agent on {node} still runs after {timeout:g} s")
+        return None
+
+    def agent_status(self, node: str) -> dict[str, Any]:
+        """`ikto status --json` on node: its health, peers with their liveness, rejected entries."""
+        cp = self.exec(node, [ikto_binary(), "status", "--json"], check=True, timeout=20)
+        data: dict[str, Any] = json.loads(cp.stdout)
+        return data

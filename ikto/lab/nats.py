@@ -49,7 +49,7 @@ class NatsServer:
     def log(self) -> Path:
         return self.dir / "nats.log"
 
-    def config(self, cluster: list[str], cluster_name: str) -> str:
+    def config(self, cluster: list[str], cluster_name: str, extra: str = "") -> str:
         """The server's config file (JetStream on, store dir in the lab state dir)."""
         lines = [
             f"server_name: {self.name}",
@@ -66,13 +66,15 @@ class NatsServer:
                 f'cluster {{ name: "{cluster_name}", listen: "{self.address}:{CLUSTER_PORT}", '
                 f"routes: [{routes}] }}"
             )
+        if extra:
+            lines.append(extra.strip())
         return "\n".join(lines) + "\n"
 
-    def start(self, cluster: list[str], cluster_name: str) -> None:
-        """Write the config and start the server detached inside its netns."""
+    def start(self, cluster: list[str], cluster_name: str, extra: str = "") -> None:
+        """Write the config and start the server detached inside its netns (extra: more config)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "nats.conf"
-        conf.write_text(self.config(cluster, cluster_name))
+        conf.write_text(self.config(cluster, cluster_name, extra))
         proc = spawn(
             ["ip", "netns", "exec", self.netns, nats_server_binary(), "-c", str(conf)], self.log
         )

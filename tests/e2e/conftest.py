@@ -23,7 +23,12 @@ def make_driver(kind: str) -> LabDriver:
     if kind == "namespaces":
         # Its own state dir and netns prefix, so it never touches a `make demo` lab.
         return NamespaceLab(STATE_DIR, name="ikto-e2e")
-    raise pytest.UsageError(f"IKTO_E2E_LAB={kind!r}: known labs are: namespaces")
+    if kind == "vagrant":
+        # VMs from the top-level Vagrantfile (`make e2e-vagrant` boots them first).
+        from ikto.lab.vagrant import VagrantLab
+
+        return VagrantLab()
+    raise pytest.UsageError(f"IKTO_E2E_LAB={kind!r}: known labs are: namespaces, vagrant")
 
 
 @pytest.fixture(scope="session")
