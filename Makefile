@@ -126,7 +126,7 @@ e2e-vagrant: venv vagrant-vm-wheels
 
 # Remove the Vagrant lab's VMs (safe to run twice).
 vagrant-down:
-	@if [ -d .vagrant/machines ]; then vagrant destroy -f; fi
+	@if ls .vagrant/machines/*/libvirt/id >/dev/null 2>&1; then vagrant destroy -f; else echo "==> no Vagrant VMs"; fi
 	@rm -f .vagrant/ikto-inventory.json .vagrant/ikto-lab.json
 
 .PHONY: test-faults soak
