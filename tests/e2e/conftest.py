@@ -43,22 +43,3 @@ def lab() -> Iterator[LabDriver]:
         yield driver
     finally:
         driver.down()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
-    rep = yield
-    setattr(item, f"rep_{rep.when}", rep)
-    return rep
-
-
-@pytest.fixture(autouse=True)
-def _agent_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """When a test fails, print each node's agent log tail (pytest shows it with the failure)."""
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is None or not rep.failed or "lab" not in request.fixturenames:
-        return
-    lab: LabDriver = request.getfixturevalue("lab")
-    for node in lab.nodes():
-        print(f"\n----- agent log of {node} -----\n{lab.log_tail(node, 40)}")
