@@ -7,7 +7,7 @@ import time
 from itertools import permutations
 
 import pytest
-from conftest import BUCKET, CONVERGE, check_peers, guarding, identities, join_one, pinging, unreachable
+from faultlab import BUCKET, CONVERGE, check_peers, guarding, identities, join_one, pinging, unreachable
 
 from ikto.lab import NamespaceLab
 

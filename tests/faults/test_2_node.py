@@ -13,7 +13,7 @@ from datetime import datetime
 from itertools import permutations
 
 import pytest
-from conftest import (
+from faultlab import (
     FAST,
     LIBFAKETIME,
     check_peers,

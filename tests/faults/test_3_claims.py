@@ -6,7 +6,7 @@ import time
 from ipaddress import ip_network
 
 import pytest
-from conftest import CONVERGE, Background, identities, start_nodes, unreachable
+from faultlab import CONVERGE, Background, identities, start_nodes, unreachable
 
 from ikto.lab import NamespaceLab
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from conftest import CONVERGE, FAST, check_peers, identities
+from faultlab import CONVERGE, FAST, check_peers, identities
 
 from ikto.lab import NamespaceLab
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from ipaddress import ip_network
 
 import pytest
-from conftest import BUCKET, FAST, unreachable
+from faultlab import BUCKET, FAST, unreachable
 
 from ikto import ipam
 from ikto.lab import LabError, NamespaceLab

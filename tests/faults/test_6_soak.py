@@ -11,7 +11,7 @@ import time
 from itertools import permutations
 
 import pytest
-from conftest import CONVERGE, Background, identities, join_one, pinging, unreachable
+from faultlab import CONVERGE, Background, identities, join_one, pinging, unreachable
 
 from ikto.lab import NamespaceLab
 
