@@ -57,6 +57,12 @@ class WgDevice:
     fwmark: int
     peers: dict[str, WgPeer] = field(default_factory=dict)
 
+    def peer_set(self) -> frozenset[tuple[str, str | None, tuple[str, ...]]]:
+        """What must not churn: (public key, endpoint, sorted allowed-ips) per peer."""
+        return frozenset(
+            (p.public_key, p.endpoint, tuple(sorted(p.allowed_ips))) for p in self.peers.values()
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class PeerConfig:

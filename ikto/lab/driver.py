@@ -14,11 +14,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import ip_network
 from typing import Any
 
 from ikto.ipam import Address
-from ikto.lab.facts import WgDevice, parse_ip_addr, parse_wg_dump
 from ikto.lab.shell import LabError
+from ikto.models import WgDevice
+from ikto.wg import parse_dump as parse_wg_dump
+from ikto.wg import parse_ip_addr
 
 DEV = "wg-ikto"
 CONFIG_PATH = "/etc/ikto/ikto.json"
@@ -59,7 +62,7 @@ def parse_view(text: str) -> NodeView:
     except ValueError:
         device = None
     try:
-        ifaces = parse_ip_addr(addrs.strip())
+        ifaces = [i for i in parse_ip_addr(addrs.strip()) if not i.is_link_local]
     except json.JSONDecodeError:
         ifaces = []
     try:
@@ -180,7 +183,7 @@ class LabDriver(ABC):
                     problems.append(f"{a}: missing peer {b}")
                     continue
                 addr = views[b].address
-                if not any(addr in net for net in peer.allowed_ips):
+                if not any(addr in ip_network(net) for net in peer.allowed_ips):
                     problems.append(f"{a}: peer {b} allowed-ips {peer.allowed_ips} lack {addr}")
                 if peer.endpoint != views[b].endpoint:
                     problems.append(f"{a}: peer {b} endpoint {peer.endpoint} != {views[b].endpoint}")

@@ -11,7 +11,7 @@ import pytest
 
 from ikto.lab import LabDriver
 from ikto.lab.driver import CONFIG_PATH
-from ikto.lab.facts import WgDevice
+from ikto.models import WgDevice
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

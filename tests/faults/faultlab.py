@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ikto.lab import NamespaceLab
-from ikto.lab.facts import WgDevice
+from ikto.models import WgDevice
 
 STATE_DIR = Path(os.environ.get("IKTO_FAULTS_STATE_DIR", "/run/ikto-faults"))
 # remove_after must outlast a JetStream failover: after the stream leader is killed some
