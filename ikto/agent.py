@@ -231,10 +231,14 @@ class Agent:
                         await self.store.close()
                     self.store = None
                 log.warning("NATS not ready; the mesh stays as it is", extra=fields(error=e, retry_in=delay))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, 30.0)
+                delay = await self._backoff(delay)
         return False
+
+    async def _backoff(self, delay: float) -> float:
+        """Wait about `delay` seconds (± 20 %, cut short by stop); the next, doubled, delay."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.8, 1.2))
+        return min(delay * 2, 30.0)
 
     async def _on_disconnect(self) -> None:
         log.warning("disconnected from NATS; WireGuard is left as it is")
@@ -256,9 +260,7 @@ class Agent:
                 if isinstance(e, UsageError) or "permission denied" in str(e):
                     raise
                 log.warning("claiming our address failed; retrying", extra=fields(error=e, retry_in=delay))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, 30.0)
+                delay = await self._backoff(delay)
         return False
 
     async def _claim(self) -> None:
