@@ -13,7 +13,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -358,7 +358,7 @@ class Store:
             )
         except StoreError:
             return None
-        return msg.time  # type: ignore[no-any-return]
+        return msg.time
 
     async def _lookup(self, bucket: str) -> KeyValue | None:
         try:
@@ -443,7 +443,7 @@ class Store:
             raise ValueError(f"revision must be positive (got {revision})")
         await self._call(f"publish to {subject}", kv.delete(key, last=revision), (subject,))
 
-    async def watch(self, pattern: str = "peers.*") -> AsyncIterator[Entry | None]:
+    async def watch(self, pattern: str = "peers.*") -> AsyncGenerator[Entry | None, None]:
         """Every current entry matching pattern, then one None (snapshot complete), then changes.
 
         Changes include DEL and PURGE markers. An entry may come twice (after a consumer

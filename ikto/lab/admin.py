@@ -126,13 +126,13 @@ async def run(args: argparse.Namespace) -> Any:
             return {"writes": args.keys * args.rounds, "seconds": round(time.monotonic() - t0, 2)}
         if args.cmd == "delete-fakes":
             snap = await _snapshot(store)
-            fakes = [
+            doomed = [
                 k
                 for k, v in snap.items()
                 if isinstance(v["value"], dict) and str(v["value"].get("name", "")).startswith(FAKE_PREFIX)
             ]
-            await asyncio.gather(*(store.delete(k) for k in fakes))
-            return {"deleted": len(fakes)}
+            await asyncio.gather(*(store.delete(k) for k in doomed))
+            return {"deleted": len(doomed)}
         raise SystemExit(f"unknown command {args.cmd}")
     finally:
         await store.close()
