@@ -541,6 +541,12 @@ class Rig:
     writer: Writer
     peers: list[SynthPeer] = field(default_factory=list)
 
+    async def seed(self, n: int) -> list[SynthPeer]:
+        """Write n synthetic peers straight into the bucket (before the agent starts)."""
+        self.peers = [synth_peer(i) for i in range(n)]
+        await self.writer.put_many(self.peers)
+        return self.peers
+
 
 @contextlib.asynccontextmanager
 async def rig_started(ns: str, workdir: Path, dev: str) -> Any:
@@ -601,6 +607,15 @@ def save(name: str, data: dict[str, Any]) -> Path:
     data = {"benchmark": name, "machine": machine(), **data}
     path.write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}-latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def report(name: str, title: str, header: list[str], rows: list[list[Any]], out: dict[str, Any]) -> Path:
+    """Print a benchmark's table under its title and save its JSON; the saved path."""
+    print(title)
+    print(table(rows, header))
+    path = save(name, out)
+    print(f"results: {path}")
     return path
 
 

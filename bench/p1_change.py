@@ -35,8 +35,7 @@ TARGET = {"p50_ms": 15.0, "p99_ms": 40.0}
 async def one_size(n: int, runs: int, samples: int, poll_max: int) -> dict[str, Any]:
     with c.sandbox("p1") as (ns, workdir, dev):
         async with c.rig_started(ns, workdir, dev) as rig:
-            peers = [c.synth_peer(i) for i in range(n)]
-            await rig.writer.put_many(peers)
+            peers = await rig.seed(n)
             rig.agent.start()
             rig.agent.wait_applied(0, n, timeout=120)
             await asyncio.sleep(2.0)  # let the deferred config write and logs settle
@@ -114,12 +113,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [[r["peers"], c.fmt(r["latency_ms_log"]), c.fmt(r["latency_ms_uapi_poll"]),
              f"{r['floor_ms']:.1f} ms", f"{r['ratio_p50']}x", f"{r['wg_calls']}/{r['changes']}",
              "ok" if r["validated_in_dump"] else f"MISSING {r['missing']}"] for r in results]
-    print("P1 one change: KV put -> visible in WireGuard (target p50 <= 15 ms, p99 <= 40 ms)")
-    print(c.table(rows, ["peers", "put->applied (log)", "put->visible (uapi poll)", "floor",
-                         "ratio", "wg calls", "dump"]))
     out = {"target": TARGET, "results": results}
-    path = c.save("p1_change", out)
-    print(f"results: {path}")
+    c.report("p1_change", "P1 one change: KV put -> visible in WireGuard (target p50 <= 15 ms, p99 <= 40 ms)",
+             ["peers", "put->applied (log)", "put->visible (uapi poll)", "floor",
+                         "ratio", "wg calls", "dump"], rows, out)
     return out
 
 

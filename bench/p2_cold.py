@@ -72,8 +72,7 @@ async def cold_start(rig: c.Rig, n: int) -> dict[str, Any]:
 async def one_size(n: int, runs: int) -> dict[str, Any]:
     with c.sandbox("p2") as (ns, workdir, dev):
         async with c.rig_started(ns, workdir, dev) as rig:
-            peers = [c.synth_peer(i) for i in range(n)]
-            await rig.writer.put_many(peers)
+            peers = await rig.seed(n)
             totals, fl_start, fl_sync, fl_snap, detail = [], [], [], [], []
             for _ in range(runs):
                 s, y = floor_wg_cold(dev + "f", peers)
@@ -110,10 +109,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append([r["peers"], c.fmt(r["cold_start_s"], "s"), f"{r['floor_s']['p50']:.2f} s",
                      f"{r['ratio_p50']}x", "ok" if r["all_applied"] else "NOT ALL",
                      " ".join(f"{k.split()[0]}={v:.2f}" for k, v in st.items())])
-    print("P2 cold start: N peers in the bucket -> all applied (target <= 4 s at 10k)")
-    print(c.table(rows, ["peers", "cold start", "floor", "ratio", "wg", "breakdown (s since exec)"]))
     out = {"target": TARGET, "results": results}
-    print(f"results: {c.save('p2_cold', out)}")
+    c.report("p2_cold", "P2 cold start: N peers in the bucket -> all applied (target <= 4 s at 10k)",
+             ["peers", "cold start", "floor", "ratio", "wg", "breakdown (s since exec)"], rows, out)
     return out
 
 

@@ -63,8 +63,7 @@ async def wait_peers(rig: c.Rig, want: int, timeout: float = 120) -> None:
 async def one_size(n: int, joins: int, runs: int, window: float) -> dict[str, Any]:
     with c.sandbox("p3") as (ns, workdir, dev):
         async with c.rig_started(ns, workdir, dev) as rig:
-            peers = [c.synth_peer(i) for i in range(n)]
-            await rig.writer.put_many(peers)
+            await rig.seed(n)
             rig.agent.start()
             await asyncio.to_thread(rig.agent.wait_applied, 0, n, 300)
             await asyncio.sleep(2.0)
@@ -117,11 +116,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"{r['floor_s'] * 1000:.1f} ms", f"{r['ratio_p50']}x",
              f"{r['floor_wg_set_all_joins_in_one_call_ms']:.0f} ms",
              "ok" if r["all_applied"] else "NOT ALL"] for r in results]
-    print("P3 storm: N joins within 1 s on an N-peer mesh (target <= 1.5 s after last put, <= 50 wg calls)")
-    print(c.table(rows, ["peers", "joins", "last put -> all applied", "wg calls", "floor", "ratio",
-                         "1 wg set of all", "wg"]))
     out = {"target": TARGET, "results": results}
-    print(f"results: {c.save('p3_storm', out)}")
+    title = "P3 storm: N joins within 1 s on an N-peer mesh (target <= 1.5 s after last put, <= 50 wg calls)"
+    c.report("p3_storm", title,
+             ["peers", "joins", "last put -> all applied", "wg calls", "floor", "ratio",
+                         "1 wg set of all", "wg"], rows, out)
     return out
 
 

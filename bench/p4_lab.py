@@ -121,10 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [[r["nodes"], c.fmt(r["join_to_ping_ms_each_member"]),
              c.fmt(r["join_to_ping_ms_slowest_member"]),
              f"{r['floor_ms']:.1f} ms", f"{r['ratio_p50']}x", r["members_without_reply"]] for r in results]
-    print("P4 lab: a node joins -> every node pings it (target p50 <= 150 ms, p99 <= 500 ms)")
-    print(c.table(rows, ["nodes", "per member", "slowest member per join", "floor", "ratio", "no reply"]))
     out = {"target": TARGET, "results": results}
-    print(f"results: {c.save('p4_lab', out)}")
+    c.report("p4_lab", "P4 lab: a node joins -> every node pings it (target p50 <= 150 ms, p99 <= 500 ms)",
+             ["nodes", "per member", "slowest member per join", "floor", "ratio", "no reply"], rows, out)
     return out
 
 

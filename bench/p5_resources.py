@@ -54,8 +54,7 @@ def bare_watcher_rss(url: str) -> float:
 async def one_size(n: int, runs: int, settle: float, idle: float, syncs: int) -> dict[str, Any]:
     with c.sandbox("p5") as (ns, workdir, dev):
         async with c.rig_started(ns, workdir, dev) as rig:
-            peers = [c.synth_peer(i) for i in range(n)]
-            await rig.writer.put_many(peers)
+            await rig.seed(n)
             rss, wgo_rss, cpu, wgo_cpu, calls = [], [], [], [], []
             for _ in range(runs):
                 await cold_start(rig, n)
@@ -114,11 +113,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"{r['wireguard_go_rss_mib'].get('p50', float('nan')):.0f} MiB",
              f"{r['wireguard_go_idle_cpu_percent'].get('p50', float('nan')):.2f} %",
              " -> ".join(f"{x:.0f}" for x in r["wireguard_go_rss_mib_over_noop_syncconfs"])] for r in results]
-    print("P5 resources (target agent <= 80 MiB RSS at 10k, idle CPU < 1 %)")
-    print(c.table(rows, ["peers", "agent RSS", "bare watcher", "ratio", "agent idle CPU",
-                         "wg-go RSS", "wg-go idle CPU", "wg-go RSS over no-op syncconfs (MiB)"]))
     out = {"target": TARGET, "results": results}
-    print(f"results: {c.save('p5_resources', out)}")
+    c.report("p5_resources", "P5 resources (target agent <= 80 MiB RSS at 10k, idle CPU < 1 %)",
+             ["peers", "agent RSS", "bare watcher", "ratio", "agent idle CPU",
+                         "wg-go RSS", "wg-go idle CPU", "wg-go RSS over no-op syncconfs (MiB)"], rows, out)
     return out
 
 
