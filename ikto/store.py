@@ -64,6 +64,7 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 # Reads, watches and bucket calls go through JetStream API subjects ($JS.API.DIRECT.GET...):
 # a permission violation on any of them fails the pending ones.
 _JS_API = ("$js.api.",)
+SNAPSHOT_QUIET = 1.0  # s: see Store.watch
 
 
 class StoreError(IktoError):
@@ -192,9 +193,7 @@ class Store:
         if config.nats_creds is not None:
             options["user_credentials"] = str(_readable(config.nats_creds, "nats_creds"))
             if importlib.util.find_spec("nkeys") is None:  # nats-py signs the nonce with it
-                raise StoreError(
-                    "NATS: nats_creds needs the nkeys package (pip install 'nats-py[nkeys]')"
-                )
+                raise StoreError("NATS: nats_creds needs the nkeys package (pip install 'nats-py[nkeys]')")
         tls = _tls_context(config)
         if tls is not None:
             options["tls"] = tls
@@ -223,9 +222,7 @@ class Store:
         with contextlib.suppress(Exception):
             await nc.close()
         reason = failed[-1] if failed else f"no answer within {connect_wait:g} s"
-        raise StoreError(
-            f"NATS: cannot connect to {', '.join(servers)}: {reason} (is nats-server running?)"
-        )
+        raise StoreError(f"NATS: cannot connect to {', '.join(servers)}: {reason} (is nats-server running?)")
 
     def _server_name(self) -> str:
         url = self._nc.connected_url
@@ -327,9 +324,7 @@ class Store:
                 replicas=replicas,
                 storage=StorageType.FILE,
             )
-            kv = await self._call(
-                f"creating bucket {bucket}", self._create_bucket(kv_config), _JS_API
-            )
+            kv = await self._call(f"creating bucket {bucket}", self._create_bucket(kv_config), _JS_API)
         self._kv = kv
         self._bucket = bucket
         status = await self._call(f"reading bucket {bucket}", kv.status(), _JS_API)
@@ -377,7 +372,10 @@ class Store:
             return await self._js.key_value(kv_config.bucket)
         log.info(
             "NATS: created bucket %s (history %d, max value %d bytes, %d replica(s))",
-            kv_config.bucket, BUCKET_HISTORY, BUCKET_MAX_VALUE_SIZE, kv_config.replicas,
+            kv_config.bucket,
+            BUCKET_HISTORY,
+            BUCKET_MAX_VALUE_SIZE,
+            kv_config.replicas,
         )
         return kv
 
@@ -450,15 +448,45 @@ class Store:
         reset), so applying one must be idempotent. The watch never ends by itself; in
         particular it goes silent if the bucket is deleted and recreated (compare
         stream_info() to notice).
+
+        The None is ours, not nats-py's: nats-py can send its marker before messages
+        already on the wire (nats.py#842), which makes a full bucket look empty. We ask
+        the consumer how many messages it holds for us (delivered + pending) once it
+        exists, and mark the snapshot complete only after that many have arrived: every
+        entry present when the watch started is in the snapshot. Should the server count
+        one too many (it has, with deliver-last-per-subject), the first message reporting
+        nothing pending followed by a quiet SNAPSHOT_QUIET completes it instead.
         """
         kv = self._bucket_kv()
-        watcher = await self._call(
-            f"watching {self._subject(pattern)}", kv.watch(pattern), _JS_API
-        )
+        what = f"watching {self._subject(pattern)}"
+        watcher = await self._call(what, kv.watch(pattern), _JS_API)
         try:
-            # `async for` on the watcher is ~2.5x faster than watcher.updates() (FACTS.md).
-            async for e in watcher:
-                yield None if e is None else _entry(e)
+            info = await self._call(what, watcher._sub.consumer_info(), _JS_API)
+            owed = info.delivered.consumer_seq + info.num_pending  # type: ignore[operator]
+            seen, drained = 0, False
+            if owed == 0:
+                yield None
+            updates = aiter(watcher)  # `async for` is ~2.5x faster than watcher.updates() (FACTS.md)
+            while True:
+                try:
+                    if seen < owed and drained:
+                        e = await asyncio.wait_for(anext(updates), SNAPSHOT_QUIET)
+                    else:
+                        e = await anext(updates)
+                except TimeoutError:
+                    seen = owed
+                    yield None
+                    continue
+                except StopAsyncIteration:
+                    return  # the watcher was stopped
+                if e is None:
+                    continue  # nats-py's marker: see above
+                yield _entry(e)
+                if seen < owed:
+                    seen += 1
+                    drained = e.delta == 0
+                    if seen == owed:
+                        yield None
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]

@@ -21,6 +21,7 @@ KEYS, ROUNDS = 100, 50  # 5,000 writes
 
 def differences(lab: NamespaceLab, node: str, dump: dict[str, Any]) -> list[str]:
     """Where node's WireGuard differs from the bucket (entries near remove_after are ignored)."""
+    assert dump, "the bucket dump came back empty (the lab nodes' own entries are missing)"
     me = lab.wg_device(node)
     stamps = {k: datetime.fromisoformat(e["created"]) for k, e in dump.items()}
     newest = max(stamps.values())

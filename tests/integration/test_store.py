@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from nats.js.api import ConsumerInfo
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
 from natsserver import NatsServer, free_port
 
 from ikto.config import Config
@@ -158,6 +161,89 @@ async def test_watch_sees_purge(open_store: OpenStore) -> None:
     await watch.aclose()
 
 
+async def _snapshot(watch: AsyncIterator[Entry | None]) -> dict[str, Entry]:
+    out: dict[str, Entry] = {}
+    while (e := await _next(watch, timeout=30)) is not None:
+        out[e.key] = e
+    return out
+
+
+async def test_watch_ignores_nats_py_early_marker(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py can queue its 'snapshot done' None ahead of messages already on the wire
+    (nats.py#842): a full bucket then looks empty. Force that order; ours must still
+    hold every entry."""
+    store = await open_store()
+    kv = store._bucket_kv()
+    await asyncio.gather(*(kv.put(f"peers.k{i}", b"v") for i in range(200)))
+    real = KeyValue.watch
+
+    async def racy(self: KeyValue, *a: object, **kw: object) -> KeyValue.KeyWatcher:
+        watcher = await real(self, *a, **kw)
+        watcher._updates._queue.appendleft(None)  # type: ignore[attr-defined]
+        return watcher
+
+    monkeypatch.setattr(KeyValue, "watch", racy)
+    watch = store.watch()
+    snap = await _snapshot(watch)
+    await watch.aclose()
+    assert len(snap) == 200
+
+
+async def test_watch_snapshot_complete_under_concurrent_writes(open_store: OpenStore) -> None:
+    """Every entry present when the watch starts is in its snapshot, however fast others write."""
+    store = await open_store()
+    writer_store = await open_store()
+    kv, wkv = store._bucket_kv(), writer_store._bucket_kv()
+    await asyncio.gather(*(kv.put(f"peers.k{i}", b"v") for i in range(500)))
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            await asyncio.gather(*(wkv.put(f"peers.w{(n + i) % 300}", b"w") for i in range(50)))
+            n += 50
+
+    task = asyncio.create_task(writer())
+    try:
+        await asyncio.sleep(0.05)
+        for _ in range(5):
+            watch = store.watch()
+            snap = await _snapshot(watch)
+            await watch.aclose()
+            assert {f"peers.k{i}" for i in range(500)} <= snap.keys()
+    finally:
+        stop.set()
+        await task
+
+
+async def test_watch_snapshot_completes_if_server_overcounts(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that claims one message more than it sends (seen with deliver-last-per-
+    subject) must not hang the snapshot: it completes after a quiet second."""
+    store = await open_store()
+    await store.put("peers.a", b"1")
+    await store.put("peers.b", b"2")
+    Sub = JetStreamContext.PushSubscription
+    real = Sub.consumer_info
+
+    async def overcount(self: JetStreamContext.PushSubscription) -> ConsumerInfo:
+        info = await real(self)
+        info.num_pending = (info.num_pending or 0) + 1
+        return info
+
+    monkeypatch.setattr(Sub, "consumer_info", overcount)
+    watch = store.watch()
+    snap = await _snapshot(watch)
+    assert snap.keys() == {"peers.a", "peers.b"}
+    rev = await store.put("peers.c", b"3")  # and changes still flow after it
+    e = await _next(watch)
+    assert e is not None and (e.key, e.revision) == ("peers.c", rev)
+    await watch.aclose()
+
+
 async def test_watch_large_snapshot(open_store: OpenStore) -> None:
     store = await open_store()
     n = 10_000
@@ -172,9 +258,8 @@ async def test_watch_large_snapshot(open_store: OpenStore) -> None:
         count += 1
     elapsed = time.perf_counter() - t0
     await watch.aclose()
-    print(f"snapshot of {n} keys complete in {elapsed * 1000:.0f} ms")
+    print(f"snapshot of {n} keys complete in {elapsed * 1000:.0f} ms")  # speed: bench/, not here
     assert count == n
-    assert elapsed < 5.0  # ~0.2-0.4 s measured; generous for a shared machine
 
 
 async def test_stream_info_changes_when_bucket_recreated(open_store: OpenStore) -> None:
@@ -275,9 +360,7 @@ async def test_permission_denied_is_said_clearly(
         with pytest.raises(StoreError) as err:
             await node.put("peers.other", b"hijack")
         assert time.monotonic() - t0 < 2.0  # not the 5 s request timeout
-        assert str(err.value) == (
-            "NATS refused publish to $KV.ikto-test.peers.other: permission denied"
-        )
+        assert str(err.value) == ("NATS refused publish to $KV.ikto-test.peers.other: permission denied")
         got = await admin.get("peers.other")
         assert got is not None and got.value == b"theirs"
         await watch.aclose()
