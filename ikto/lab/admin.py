@@ -31,7 +31,11 @@ BATCH = 250  # writes in flight at once
 async def _open(args: argparse.Namespace, *, create: bool = False) -> Store:
     config = load_config(None, nats_url=args.url, nats_kv=args.bucket, name="lab-admin")
     store = await Store.connect(config, name="ikto-lab admin")
-    await store.open_bucket(args.bucket, create=create, replicas=args.replicas)
+    try:
+        await store.open_bucket(args.bucket, create=create, replicas=args.replicas)
+    except BaseException:
+        await store.close()
+        raise
     return store
 
 
@@ -74,17 +78,22 @@ def _fake(allowed: str, n: int, port: int) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> Any:
     if args.cmd == "create-bucket":
-        store = await _open(args, create=True)
-        # An R3 stream takes a moment to elect its leader: wait until it takes writes.
-        deadline = time.monotonic() + 30
+        # A new cluster first has to learn its peers (until then: "no suitable peers for
+        # placement"), then the R3 stream elects its leader: retry until it takes a write.
+        deadline = time.monotonic() + 60
         while True:
+            store = None
             try:
+                store = await _open(args, create=True)
                 await store.put("lab.ready", b"1")
                 break
             except StoreError:
                 if time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.5)
+            finally:
+                if store is not None:
+                    await store.close()
         return {"ok": True}
     store = await _open(args)
     try:

@@ -89,8 +89,9 @@ def lab() -> Iterator[NamespaceLab]:
     lab.down()
     try:
         lab.up(0, nats_cluster=True)
-        # An R3 bucket needs a moment to elect its stream leader; agents started before
-        # it takes writes exit (see the report: claim does not retry), so an admin makes it.
+        # A new cluster needs a moment to learn its peers and elect the R3 stream's leader.
+        # Agents would retry through that, but starting them on a bucket that already takes
+        # writes keeps every test's clock honest: an admin makes it first.
         lab.admin("create-bucket")
         start_nodes(lab, [f"node{i + 1}" for i in range(NODES)])
         lab.wait_converged(60)
