@@ -42,6 +42,11 @@ from ikto.config import load_config, write_config  # noqa: E402
 from ikto.store import Store  # noqa: E402
 
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or REPO / "bench" / "results")
+# The agent's persistent keepalive, and the floors' (they must do the same work). Default: the
+# agent's default. BENCH_KEEPALIVE=0: synthetic endpoints never answer, so with keepalives on
+# wireguard-go keeps retrying handshakes to all N peers (~40 % CPU at 10k).
+KEEPALIVE = int(os.environ.get("BENCH_KEEPALIVE", "25"))
+
 BUCKET = "ikto-bench"
 SELF_SUBNET = "fd10:ffff::"
 CLONE_NEWNET = 0x40000000
@@ -234,9 +239,7 @@ class AgentProc:
             private_key_path=key, nats_url=nats_url, nats_kv=BUCKET, wg_dev_name=dev,
             admin_socket=workdir / "ikto.sock", config_dir=workdir / "wg", log_level=log_level,
             address_pinned=True,
-            # BENCH_KEEPALIVE=0: synthetic endpoints never answer, so with keepalives on
-            # wireguard-go keeps retrying handshakes to all N peers (~40 % CPU at 10k).
-            persistent_keepalive=int(os.environ.get("BENCH_KEEPALIVE", "25")),
+            persistent_keepalive=KEEPALIVE,
         )
         self.config_path = workdir / "ikto.json"
         write_config(self.config, self.config_path)
@@ -419,7 +422,7 @@ def floor_wg_set(dev: str, samples: int = 20) -> list[float]:
         pk = random_public_key()
         t = time.perf_counter()
         run(["wg", "set", dev, "peer", pk, "allowed-ips", f"fd11:{i + 1:x}::/48",
-             "endpoint", "198.19.0.1:51820", "persistent-keepalive", "25"])
+             "endpoint", "198.19.0.1:51820", "persistent-keepalive", str(KEEPALIVE)])
         out.append((time.perf_counter() - t) * 1000)
         run(["wg", "set", dev, "peer", pk, "remove"])
     return out
@@ -431,7 +434,7 @@ def floor_wg_set_many(dev: str, n: int) -> float:
     args: list[str] = []
     for i, pk in enumerate(pks):
         args += ["peer", pk, "allowed-ips", f"fd11:{i + 1:x}::/48", "endpoint",
-                 f"198.19.{i // 250}.{i % 250 + 1}:51820", "persistent-keepalive", "25"]
+                 f"198.19.{i // 250}.{i % 250 + 1}:51820", "persistent-keepalive", str(KEEPALIVE)]
     t = time.perf_counter()
     run(["wg", "set", dev, *args])
     ms = (time.perf_counter() - t) * 1000
@@ -604,15 +607,23 @@ def machine() -> dict[str, Any]:
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    data = {"benchmark": name, "machine": machine(), **data}
+    data = {"benchmark": name, "machine": machine(), "persistent_keepalive": KEEPALIVE, **data}
     path.write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}-latest.json").write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 
-def report(name: str, title: str, header: list[str], rows: list[list[Any]], out: dict[str, Any]) -> Path:
+def report(
+    name: str,
+    title: str,
+    header: list[str],
+    rows: list[list[Any]],
+    out: dict[str, Any],
+    *,
+    keepalive: bool = True,
+) -> Path:
     """Print a benchmark's table under its title and save its JSON; the saved path."""
-    print(title)
+    print(f"{title} [persistent keepalive {KEEPALIVE or 'off'}]" if keepalive else title)
     print(table(rows, header))
     path = save(name, out)
     print(f"results: {path}")

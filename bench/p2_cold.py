@@ -29,7 +29,7 @@ def wg_conf(peers: list[c.SynthPeer]) -> str:
     lines = ["[Interface]", "ListenPort = 51999", f"PrivateKey = {c.keys.generate_private_key()}"]
     for p in peers:
         lines += ["", "[Peer]", f"PublicKey = {p.public_key}", f"AllowedIPs = {p.allowed_ip}",
-                  f"Endpoint = {p.advertise}:51820", "PersistentKeepalive = 25"]
+                  f"Endpoint = {p.advertise}:51820", f"PersistentKeepalive = {c.KEEPALIVE}"]
     return "\n".join(lines) + "\n"
 
 
