@@ -63,7 +63,8 @@ class Agent:
         self.config_path = config_path
         self.wg = wg or Wg(config.wg_dev_name)
         self.private_key = keys.read_private_key(config.private_key_path)
-        self.public_key = keys.public_key(self.private_key)
+        # From `wg pubkey`, not ikto.keys: the agent then never loads cryptography (6.5 MiB).
+        self.public_key = self.wg.public_key(self.private_key)
         self.self_peer = Peer(
             config.name, self.public_key, config.advertise_address, config.subnet, config.wg_port
         )

@@ -8,8 +8,6 @@ import os
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from ikto.errors import UsageError
 
 KEY_LEN = 32
@@ -45,6 +43,10 @@ def generate_private_key() -> str:
 
 def public_key(private_b64: str) -> str:
     """The public key of a base64 private key, byte for byte what `wg pubkey` prints."""
+    # Imported here: loading cryptography costs 6.5 MiB of RSS, and the long-running agent
+    # asks `wg pubkey` instead (ikto.wg.Wg.public_key), so it never pays for it.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     raw = decode_key(private_b64)
     pub = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
     return encode_key(pub)

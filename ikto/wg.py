@@ -28,6 +28,7 @@ from pathlib import Path
 import sh
 
 from ikto.errors import IktoError
+from ikto.keys import is_valid_public_key
 from ikto.models import PeerConfig, Plan, WgDevice, WgPeer
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,13 @@ class Wg:
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return self._runner(argv, stdin)
+
+    def public_key(self, private_b64: str) -> str:
+        """`wg pubkey` of a private key (given on stdin, never in argv or logs)."""
+        out = self.run(["wg", "pubkey"], private_b64.strip() + "\n").strip()
+        if not is_valid_public_key(out):
+            raise WgError(["wg", "pubkey"], 0, "", message=f"wg pubkey printed no key: {out[:60]!r}")
+        return out
 
     def exists(self) -> bool:
         """True if the interface exists (of any type)."""

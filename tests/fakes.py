@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ikto import keys
 from ikto.models import Plan, WgDevice, WgPeer
 from ikto.reconcile import applied
 
@@ -18,6 +19,9 @@ class FakeWg:
         self.up_ = False
         self.peers: dict[str, WgPeer] = {}
         self.addrs: list[Any] = []
+
+    def public_key(self, private_b64: str) -> str:
+        return keys.public_key(private_b64)
 
     def exists(self) -> bool:
         return self.up_

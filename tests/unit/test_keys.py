@@ -1,6 +1,7 @@
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -68,3 +69,22 @@ def test_key_readable_by_others_is_refused_with_the_fix(tmp_path):
 def test_missing_key_says_how_to_create(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         keys.read_private_key(tmp_path / "nope")
+
+
+def test_agent_derives_its_public_key_with_wg_pubkey_like_keys_does():
+    """The agent asks `wg pubkey` (ikto.wg) so it never loads cryptography; both must agree."""
+    from ikto.wg import Wg
+
+    for _ in range(5):
+        priv = keys.generate_private_key()
+        assert Wg("unused").public_key(priv) == keys.public_key(priv)
+
+
+def test_the_agent_process_does_not_load_cryptography():
+    """6.5 MiB of RSS (benchmark P5): only `ikto keygen/pubkey/init` may import it."""
+    code = (
+        "import sys; import ikto.cli, ikto.agent, ikto.api, ikto.store, ikto.render, ikto.wg;"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

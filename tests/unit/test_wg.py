@@ -87,6 +87,17 @@ def test_huge_plan_is_split_into_chunks_keeping_removes_first():
 
 # the other commands
 
+def test_public_key_passes_the_private_key_on_stdin_only():
+    r = FakeRunner({("wg", "pubkey"): K2 + "\n"})
+    assert Wg("wg0", runner=r).public_key(K1) == K2
+    assert r.calls == [["wg", "pubkey"]] and r.stdins == [K1 + "\n"]
+
+
+def test_public_key_rejects_garbage_output():
+    with pytest.raises(WgError, match="printed no key"):
+        Wg("wg0", runner=FakeRunner({("wg", "pubkey"): "oops\n"})).public_key(K1)
+
+
 def test_netns_prefixes_every_argv():
     r = FakeRunner()
     w = Wg("wg0", netns="ns1", runner=r)
