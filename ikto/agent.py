@@ -82,6 +82,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._apply_lock = asyncio.Lock()
+        self._entry_lock = asyncio.Lock()  # one writer of our own entry at a time: heartbeat, leave
         self._write_due: float | None = None  # loop time the rendered file is due
         self._write_since: float | None = None  # first unwritten change
         self._writer: asyncio.Task[None] | None = None
@@ -165,17 +166,38 @@ class Agent:
 
     async def leave(self, down: bool) -> None:
         """Remove our entry from the bucket (with its revision), optionally the interface, then stop."""
-        if self.store is not None and self.store.connected:
-            self._leaving = True
-            key = ipam.peer_key(self.self_peer.allowed_ip)
-            await self.store.delete(key, self.revision or None)
-            log.info("left the mesh", extra=fields(key=key, allowed_ip=str(self.self_peer.allowed_ip)))
-        else:
+        if self.store is None or not self.store.connected:
             raise IktoError("not connected to NATS: cannot remove our entry now")
+        self._leaving = True
+        key = ipam.peer_key(self.self_peer.allowed_ip)
+        async with self._entry_lock:  # a heartbeat in flight finishes first (it moves our revision)
+            await self._delete_own_entry(key)
+        log.info("left the mesh", extra=fields(key=key, allowed_ip=str(self.self_peer.allowed_ip)))
         if down:
             await asyncio.to_thread(self.wg.down, self.config.wg_config_path)
             log.info("interface removed", extra=fields(dev=self.config.wg_dev_name))
         self._stop.set()
+
+    async def _delete_own_entry(self, key: str) -> None:
+        """Delete our entry only while it is ours: with its revision, re-read if that moved."""
+        assert self.store is not None
+        revision = self.revision or None
+        for _ in range(3):
+            try:
+                await self.store.delete(key, revision)
+                return
+            except RevisionMismatchError:
+                cur = await self.store.get(key)
+                if cur is None:
+                    return  # already gone
+                if _public_key_of(cur.value) != self.public_key:
+                    log.warning(
+                        "our address is held by another node now; leaving its entry alone",
+                        extra=fields(key=key, revision=cur.revision),
+                    )
+                    return
+                revision = cur.revision
+        raise IktoError(f"could not remove our entry {key}: it kept changing; try again")
 
     # Startup steps
 
@@ -421,6 +443,11 @@ class Agent:
         """Rewrite our entry with its revision (and a TTL where the server has them); if it
         disappeared or changed under us, put it back. The store can lose acknowledged writes
         and anyone with rights may delete it: this is how it comes back."""
+        async with self._entry_lock:
+            if not self._leaving:  # a leave that won the lock has removed the entry for good
+                await self._heartbeat_locked()
+
+    async def _heartbeat_locked(self) -> None:
         assert self.store is not None
         key = self.mesh.spec.self_key
         value = json.dumps(self.self_peer.to_entry()).encode()

@@ -125,6 +125,35 @@ async def test_admin_api_and_leave(running, open_store):
     assert await store.get(ipam.peer_key(ip_network("fd10:ee::/48"))) is None
 
 
+async def test_leave_after_our_revision_moved_still_removes_our_entry(running, open_store):
+    """A heartbeat landing just before `leave` moves our revision: leave must re-read and
+    delete (the soak found `ikto leave` failing with a revision mismatch)."""
+    agent, _ = await running("fd10:e1::")
+    key = ipam.peer_key(ip_network("fd10:e1::/48"))
+    store = await open_store()
+    cur = await store.get(key)
+    assert cur is not None
+    stale = agent.revision
+    await store.update(key, cur.value, cur.revision)  # what a heartbeat does
+    agent.revision = stale
+    await agent.leave(False)
+    assert await store.get(key) is None
+    assert agent._stop.is_set()
+
+
+async def test_leave_never_deletes_another_nodes_entry(running, open_store):
+    agent, _ = await running("fd10:e2::")
+    key = ipam.peer_key(ip_network("fd10:e2::/48"))
+    store = await open_store()
+    cur = await store.get(key)
+    assert cur is not None
+    other = json.dumps(entry("fd10:e2::/48", name="newcomer")).encode()
+    await store.update(key, other, cur.revision)  # our address was reclaimed meanwhile
+    await agent.leave(False)
+    now = await store.get(key)
+    assert now is not None and now.value == other
+
+
 async def test_rendered_file_follows_the_mesh_and_is_flushed_on_stop(running, open_store, monkeypatch):
     import ikto.agent
 
