@@ -55,7 +55,8 @@ class NatsServer:
             f"server_name: {self.name}",
             f'listen: "{self.address}:{CLIENT_PORT}"',
             f'http: "{self.address}:{MONITOR_PORT}"',
-            f'pid_file: "{self.pidfile}"',
+            # No pid_file: the lab writes it (start). The server rewriting it at startup left a
+            # moment when wait_healthy read it empty and reported a healthy start as "exited".
             f'jetstream {{ store_dir: "{self.dir / "store"}" }}',
         ]
         if cluster:
@@ -79,7 +80,9 @@ class NatsServer:
             ["ip", "netns", "exec", self.netns, nats_server_binary(), "-c", str(conf)], self.log
         )
         # `ip netns exec` execs the server, so this pid is the server's.
-        self.pidfile.write_text(f"{proc.pid}\n")
+        tmp = self.pidfile.with_suffix(".tmp")
+        tmp.write_text(f"{proc.pid}\n")
+        tmp.replace(self.pidfile)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after grace seconds)."""
@@ -103,7 +106,15 @@ class NatsServer:
         while not self.healthy():
             pid = read_pid(self.pidfile)
             if pid is None or not process.alive(pid):
-                raise LabError(f"nats-server {self.name} exited; see {self.log}")
+                raise LabError(f"nats-server {self.name} exited: {self.log_tail()!r} (log: {self.log})")
             if time.monotonic() > deadline:
                 raise LabError(f"nats-server {self.name} not healthy after {timeout:g} s; see {self.log}")
             time.sleep(0.1)
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines of the server's log, for error messages."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(ln.strip() for ln in text.splitlines()[-lines:])
