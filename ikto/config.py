@@ -13,7 +13,7 @@ import re
 import socket
 import tempfile
 from contextvars import ContextVar
-from ipaddress import ip_network
+from ipaddress import IPv6Address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +286,7 @@ class Config(BaseSettings):
 
 def unusable_endpoint_reason(a: Address) -> str | None:
     """Why an address cannot be a WireGuard endpoint, or None if it can."""
-    if a.version == 6 and a.ipv4_mapped is not None:  # type: ignore[union-attr]
+    if isinstance(a, IPv6Address) and a.ipv4_mapped is not None:
         return "an IPv4-mapped IPv6 address (write the IPv4 address)"
     if a.is_unspecified:
         return "the unspecified address"

@@ -461,8 +461,10 @@ class Store:
         what = f"watching {self._subject(pattern)}"
         watcher = await self._call(what, kv.watch(pattern), _JS_API)
         try:
-            info = await self._call(what, watcher._sub.consumer_info(), _JS_API)
-            owed = info.delivered.consumer_seq + info.num_pending  # type: ignore[operator]
+            sub = watcher._sub
+            assert sub is not None  # set by kv.watch()
+            info = await self._call(what, sub.consumer_info(), _JS_API)
+            owed = (info.delivered.consumer_seq if info.delivered else 0) + (info.num_pending or 0)
             seen, drained = 0, False
             if owed == 0:
                 yield None
