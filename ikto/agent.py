@@ -170,8 +170,12 @@ class Agent:
             raise IktoError("not connected to NATS: cannot remove our entry now")
         self._leaving = True
         key = ipam.peer_key(self.self_peer.allowed_ip)
-        async with self._entry_lock:  # a heartbeat in flight finishes first (it moves our revision)
-            await self._delete_own_entry(key)
+        try:
+            async with self._entry_lock:  # a heartbeat in flight finishes first (it moves our revision)
+                await self._delete_own_entry(key)
+        except BaseException:
+            self._leaving = False  # a failed leave leaves the node as it was: heartbeats go on
+            raise
         log.info("left the mesh", extra=fields(key=key, allowed_ip=str(self.self_peer.allowed_ip)))
         if down:
             await asyncio.to_thread(self.wg.down, self.config.wg_config_path)

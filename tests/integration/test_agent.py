@@ -12,6 +12,7 @@ from fakes import until
 from ikto import ipam, keys
 from ikto.agent import Agent
 from ikto.api import call
+from ikto.store import StoreError
 
 
 def entry(net: str, name: str = "peer", adv: str = "198.18.0.50", port: int = 51820, pub: str | None = None):
@@ -139,6 +140,18 @@ async def test_leave_after_our_revision_moved_still_removes_our_entry(running, o
     await agent.leave(False)
     assert await store.get(key) is None
     assert agent._stop.is_set()
+
+
+async def test_a_failed_leave_leaves_the_node_running(running, monkeypatch):
+    agent, _ = await running("fd10:e3::")
+
+    async def refuse(*a, **kw):
+        raise StoreError("NATS: publish to …: permissions violation")
+
+    monkeypatch.setattr(agent.store, "delete", refuse)
+    with pytest.raises(StoreError):
+        await agent.leave(False)
+    assert not agent._leaving and not agent._stop.is_set()  # heartbeats go on
 
 
 async def test_leave_never_deletes_another_nodes_entry(running, open_store):
