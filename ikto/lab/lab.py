@@ -27,7 +27,7 @@ from ikto.lab import firewall, mountns, netns, process
 from ikto.lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
 from ikto.lab.nats import MONITOR_PORT, NatsServer
 from ikto.lab.shell import LabError, LabUsageError, env_with_path, interactive, run, spawn
-from ikto.lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid
+from ikto.lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid, read_tail
 
 UNDERLAY = IPv4Address("198.18.0.0")
 UNDERLAY_PREFIX = 16
@@ -404,11 +404,8 @@ class NamespaceLab(LabDriver):
 
     def log_tail(self, node: str, lines: int = 30) -> str:
         """The last lines of node's agent log."""
-        try:
-            text = self.layout.agent_log(node).read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no agent log)"
-        return "\n".join(text.splitlines()[-lines:])
+        tail = read_tail(self.layout.agent_log(node), lines)
+        return "(no agent log)" if tail is None else "\n".join(tail)
 
     # NATS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ikto.lab import process
 from ikto.lab.shell import LabError, run, spawn
-from ikto.lab.state import read_pid
+from ikto.lab.state import read_pid, read_tail
 
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
@@ -113,8 +113,5 @@ class NatsServer:
 
     def log_tail(self, lines: int = 3) -> str:
         """The last lines of the server's log, for error messages."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return " | ".join(ln.strip() for ln in text.splitlines()[-lines:])
+        tail = read_tail(self.log, lines)
+        return "(no log)" if tail is None else " | ".join(ln.strip() for ln in tail)

@@ -116,3 +116,11 @@ def read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def read_tail(path: Path, lines: int) -> list[str] | None:
+    """The last lines of a text file (a log), or None if it cannot be read."""
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return None
