@@ -330,6 +330,52 @@ async def _leave_direct(config_path: Path, down: bool) -> None:
         await asyncio.to_thread(Wg(cfg.wg_dev_name).down, cfg.wg_config_path)
 
 
+@app.command("nats-permissions")
+def nats_permissions(
+    nodes: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="NODE",
+            help="One per node, USER:PASSWORD:SUBNET: the node's NATS user and password and its "
+            "pinned subnet, e.g. node1:PW1:198.19.11.0/24 or node2:PW2:fd10:6772:f964::/48.",
+            show_default=False,
+        ),
+    ],
+    admin: Annotated[
+        str,
+        typer.Option(
+            metavar="USER:PASSWORD", help="The admin user, who creates the bucket.", show_default=False
+        ),
+    ],
+    bucket: Annotated[str, typer.Option(help="The mesh's bucket (the nodes' nats_kv).")] = "ikto-mesh",
+) -> None:
+    """Print a nats-server `authorization` block in which each node may write only its own entry.
+
+    A node may publish to its own key ($KV.<bucket>.peers.<base64url of its subnet>) and to
+    the JetStream API subjects that reading and watching the bucket need, never to $JS.>; so
+    it cannot overwrite, delete or purge another node's entry, or delete the bucket. Each
+    node's subnet must be fixed in advance: pin it with `ikto init --private-address`. The
+    admin has every right and creates the bucket; run the nodes with "create_bucket": false.
+    Users and passwords may not contain ':'. See docs/nats-permissions.md.
+
+    \b
+    Example (then `include ./ikto-auth.conf` in the server's config and reload it):
+      ikto nats-permissions --admin admin:ADMIN-PW node1:PW1:198.19.11.0/24 \\
+          node2:PW2:198.19.12.0/24 > /etc/nats/ikto-auth.conf
+    """
+    from ikto import natsauth
+    from ikto.config import BUCKET_RE
+
+    if not BUCKET_RE.match(bucket):
+        raise UsageError(f"--bucket {bucket!r}: must be 1-64 characters of letters, digits, _ and -")
+    try:
+        users = [natsauth.parse_node(spec) for spec in nodes]
+        block = natsauth.authorization(bucket, natsauth.parse_admin(admin), users)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(block)
+
+
 def _register_lab() -> None:
     try:
         from ikto.lab.cli import lab_app

@@ -15,7 +15,7 @@ from faultlab import BUCKET, FAST, unreachable
 
 from ikto import ipam
 from ikto.lab import LabError, NamespaceLab
-from ikto.lab.natsauth import authorization, node_user
+from ikto.natsauth import authorization, node_user
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,19 +1,21 @@
-"""Per-node NATS permissions for a mesh bucket (see docs/nats-permissions.md).
+"""Per-node NATS permissions for a mesh bucket: the nats-server `authorization` block. Pure.
 
 Each node may publish only to its own key, `$KV.<bucket>.peers.<its key>`, plus the
 JetStream API subjects that reading and watching the bucket need; never `$JS.>`. An admin
-user creates the bucket. `python -m ikto.lab.natsauth` prints the `authorization` block.
+user creates the bucket. `ikto nats-permissions` prints the block; docs/nats-permissions.md
+says how to use it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from collections import Counter
 from dataclasses import dataclass
 from ipaddress import ip_network
 
 from ikto import ipam
+
+SPEC = "USER:PASSWORD:SUBNET"
 
 
 def node_publish(bucket: str, key: str) -> list[str]:
@@ -44,12 +46,41 @@ class NodeUser:
 
 
 def node_user(user: str, password: str, allowed_ip: str) -> NodeUser:
-    """The user of a node pinned to subnet allowed_ip (e.g. 198.19.5.0/24)."""
-    return NodeUser(user, password, ipam.peer_key(ip_network(allowed_ip)))
+    """The user of a node pinned to subnet allowed_ip (e.g. 198.19.5.0/24); ValueError if bad."""
+    if not user or not password:
+        raise ValueError(f"node {user or '?'}: the user name and the password must not be empty")
+    try:
+        subnet = ip_network(allowed_ip)
+    except ValueError as e:
+        raise ValueError(f"node {user}: {allowed_ip!r} is not a subnet base with its prefix ({e})") from None
+    return NodeUser(user, password, ipam.peer_key(subnet))
+
+
+def parse_node(spec: str) -> NodeUser:
+    """A NodeUser from `USER:PASSWORD:SUBNET` (the subnet may hold colons: IPv6)."""
+    user, sep1, rest = spec.partition(":")
+    password, sep2, subnet = rest.partition(":")
+    if not (sep1 and sep2):
+        raise ValueError(f"{spec!r}: expected {SPEC}, e.g. node1:s3cret:198.19.11.0/24")
+    return node_user(user, password, subnet)
+
+
+def parse_admin(spec: str) -> tuple[str, str]:
+    """(user, password) from `USER:PASSWORD`."""
+    user, sep, password = spec.partition(":")
+    if not (sep and user and password):
+        raise ValueError(f"admin {spec!r}: expected USER:PASSWORD, e.g. admin:s3cret")
+    return user, password
 
 
 def authorization(bucket: str, admin: tuple[str, str], nodes: list[NodeUser]) -> str:
     """A nats-server `authorization` block: one admin with every right, one user per node."""
+    users = Counter([admin[0], *(n.user for n in nodes)])
+    keys = Counter(n.key for n in nodes)
+    if twice := [u for u, k in users.items() if k > 1]:
+        raise ValueError(f"user {twice[0]!r} is given twice: every node needs its own user")
+    if twice := [key for key, k in keys.items() if k > 1]:
+        raise ValueError(f"two nodes share the subnet of key {twice[0]}: every node needs its own")
     lines = ["authorization {", "  users = ["]
     lines.append(f"    {{user: {json.dumps(admin[0])}, password: {json.dumps(admin[1])}}}")
     for n in nodes:
@@ -63,23 +94,3 @@ def authorization(bucket: str, admin: tuple[str, str], nodes: list[NodeUser]) ->
         )
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print an authorization block for `user:password:allowed_ip` arguments."""
-    p = argparse.ArgumentParser(prog="python -m ikto.lab.natsauth", description=__doc__)
-    p.add_argument("--bucket", default="ikto-mesh")
-    p.add_argument("--admin", default="admin:admin", help="user:password of the admin")
-    p.add_argument("nodes", nargs="+", help="user:password:allowed_ip, one per node")
-    args = p.parse_args(argv)
-    admin_user, _, admin_pw = args.admin.partition(":")
-    nodes = []
-    for spec in args.nodes:
-        user, pw, allowed = spec.split(":", 2)
-        nodes.append(node_user(user, pw, allowed))
-    sys.stdout.write(authorization(args.bucket, (admin_user, admin_pw), nodes))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
