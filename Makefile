@@ -14,11 +14,14 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
-	@echo "==> creating $(VENV) and installing ikto with its dev extras"
+# ikto with its dev extras, then the lab (lab/: ikto-lab, a separate distribution that the
+# ikto wheel does not contain).
+$(VENV)/.installed: pyproject.toml lab/pyproject.toml
+	@echo "==> creating $(VENV) and installing ikto with its dev extras, and ikto-lab"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q -e ./lab
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -32,16 +35,16 @@ test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check ikto tests
+	$(VENV)/bin/ruff check ikto lab tests
 	$(VENV)/bin/mypy
 
 # A 3-node mesh in network namespaces on this host, left up to explore (needs root).
 demo: deps venv
-	@$(PY) -m ikto.lab.demo
+	@$(VENV)/bin/ikto-lab demo
 
 # Remove the demo lab (processes, namespaces, mounts, state); safe to run twice.
 lab-down:
-	@if [ -x $(PY) ]; then $(PY) -m ikto.lab.cli down; else echo "==> no $(VENV), so no lab"; fi
+	@if [ -x $(VENV)/bin/ikto-lab ]; then $(VENV)/bin/ikto-lab down; else echo "==> no $(VENV)/bin/ikto-lab, so no lab"; fi
 
 # Real agents in network namespaces over wireguard-go (needs root; about 2 minutes).
 test-e2e: deps venv

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """P4: namespace lab, real agents: a node joins -> every other node has it and pings it.
 
-Method. `ikto.lab.NamespaceLab` (its own state dir and namespace prefix, removed afterwards)
+Method. `ikto_lab.NamespaceLab` (its own state dir and namespace prefix, removed afterwards)
 runs --peers real agents over wireguard-go and waits until the mesh converged. Per run a new node
 is created (not started); every running member starts `ping -D -i 0.005 -c 1 -w 20 <its address>`
 in its own namespace (replies carry epoch timestamps); then the joiner's agent starts. t0 is the
@@ -51,7 +51,7 @@ def claimed_at(log_text: str) -> float:
 
 
 def run_lab(nodes: int, runs: int) -> dict[str, Any]:
-    from ikto.lab import NamespaceLab
+    from ikto_lab import NamespaceLab
 
     state = Path(tempfile.mkdtemp(prefix="ikto-bench-lab-"))
     lab = NamespaceLab(state_dir=state, name=f"ikb{c.os.getpid() % 10000}")

@@ -376,17 +376,6 @@ def nats_permissions(
     sys.stdout.write(block)
 
 
-def _register_lab() -> None:
-    try:
-        from ikto.lab.cli import lab_app
-    except ImportError:
-        return
-    app.add_typer(lab_app, name="lab")
-
-
-_register_lab()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a documented exit code, never a traceback."""
     try:

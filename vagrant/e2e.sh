@@ -42,7 +42,7 @@ free -m | awk '/^Mem:/ {printf "    host memory: %d MiB used of %d MiB\n", $3, $
 
 t=$SECONDS
 phase "e2e suite against the Vagrant lab"
-IKTO_E2E_LAB=vagrant "$py" -m pytest -q -m e2e tests/e2e "$@"
+IKTO_VAGRANT_DIR="$PWD" IKTO_E2E_LAB=vagrant "$py" -m pytest -q -m e2e tests/e2e "$@"
 rc=$?
 phase "e2e suite finished in $((SECONDS - t)) s (pytest exit $rc)"
 exit $rc

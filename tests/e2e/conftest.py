@@ -1,7 +1,7 @@
 """The e2e lab: one lab per session, driven through LabDriver, always torn down.
 
-IKTO_E2E_LAB picks the driver (only `namespaces` exists today; a Vagrant driver will
-plug in here). The suite needs root and wireguard-go, and says so instead of skipping.
+IKTO_E2E_LAB picks the driver: `namespaces` (the default) or `vagrant` (VMs that
+`make e2e-vagrant` boots). The suite needs root and wireguard-go, and says so instead of skipping.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ikto.lab import LabDriver, NamespaceLab
+from ikto_lab import LabDriver, NamespaceLab
 
 STATE_DIR = Path(os.environ.get("IKTO_E2E_STATE_DIR", "/run/ikto-e2e"))
 NODES = 3
@@ -25,7 +25,7 @@ def make_driver(kind: str) -> LabDriver:
         return NamespaceLab(STATE_DIR, name="ikto-e2e")
     if kind == "vagrant":
         # VMs from the top-level Vagrantfile (`make e2e-vagrant` boots them first).
-        from ikto.lab.vagrant import VagrantLab
+        from ikto_lab.vagrant import VagrantLab
 
         return VagrantLab()
     raise pytest.UsageError(f"IKTO_E2E_LAB={kind!r}: known labs are: namespaces, vagrant")

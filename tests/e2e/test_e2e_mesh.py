@@ -9,9 +9,9 @@ from itertools import permutations
 
 import pytest
 
-from ikto.lab import LabDriver
-from ikto.lab.driver import CONFIG_PATH
 from ikto.models import WgDevice
+from ikto_lab import LabDriver
+from ikto_lab.driver import CONFIG_PATH
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

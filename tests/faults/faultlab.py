@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ikto.lab import NamespaceLab
 from ikto.models import WgDevice
+from ikto_lab import NamespaceLab
 
 STATE_DIR = Path(os.environ.get("IKTO_FAULTS_STATE_DIR", "/run/ikto-faults"))
 # remove_after must outlast a JetStream failover: after the stream leader is killed some

@@ -9,7 +9,7 @@ from itertools import permutations
 import pytest
 from faultlab import BUCKET, CONVERGE, check_peers, guarding, identities, join_one, pinging, unreachable
 
-from ikto.lab import NamespaceLab
+from ikto_lab import NamespaceLab
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -26,7 +26,7 @@ from faultlab import (
     unreachable,
 )
 
-from ikto.lab import NamespaceLab
+from ikto_lab import NamespaceLab
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,7 +8,7 @@ from ipaddress import ip_network
 import pytest
 from faultlab import CONVERGE, Background, identities, start_nodes, unreachable
 
-from ikto.lab import NamespaceLab
+from ikto_lab import NamespaceLab
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from faultlab import CONVERGE, FAST, check_peers, identities
 
-from ikto.lab import NamespaceLab
+from ikto_lab import NamespaceLab
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -14,8 +14,8 @@ import pytest
 from faultlab import BUCKET, FAST, unreachable
 
 from ikto import ipam
-from ikto.lab import LabError, NamespaceLab
 from ikto.natsauth import authorization, node_user
+from ikto_lab import LabError, NamespaceLab
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,7 +13,7 @@ from itertools import permutations
 import pytest
 from faultlab import CONVERGE, Background, identities, join_one, pinging, unreachable
 
-from ikto.lab import NamespaceLab
+from ikto_lab import NamespaceLab
 
 SECONDS = float(os.environ.get("IKTO_SOAK_SECONDS", "60"))
 NODES, CORE = 10, 4

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from ikto.lab.driver import parse_view
-from ikto.lab.facts import mounts_under
 from ikto.wg import parse_dump as parse_wg_dump
+from ikto_lab.driver import parse_view
+from ikto_lab.facts import mounts_under
 
 DUMP = (
     "cHJpdg==\tWD8fyyfMWJYHlf0ATZOoiZ5lGl5jSD/YUBC2HZjyDAc=\t51820\toff\n"

@@ -1,6 +1,6 @@
 """The Vagrant lab driver: its inventory, and the exact commands it sends to the VMs.
 
-The seam is `run` in ikto.lab.vagrant: a fake records every argv and answers from a script.
+The seam is `run` in ikto_lab.vagrant: a fake records every argv and answers from a script.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from ikto.lab import vagrant
-from ikto.lab.shell import CommandError, LabError, LabUsageError
-from ikto.lab.vagrant import Inventory, VagrantLab
+from ikto_lab import vagrant
+from ikto_lab.shell import CommandError, LabError, LabUsageError
+from ikto_lab.vagrant import Inventory, VagrantLab
 
 INVENTORY = {
     "version": 1,
@@ -190,3 +190,43 @@ def test_reset_stops_agents_everywhere_before_wiping_nats(lab: VagrantLab, fake:
     assert "systemctl stop ikto-nats.service; rm -rf /var/lib/private/ikto-nats/*" in remote[3]
     assert "systemctl start ikto-nats.service" in remote[4]
     assert lab.nodes() == []
+
+
+OURS = 'File.write(File.join(HERE, ".vagrant/ikto-inventory.json"), "{}")\n'
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_vagrantfile_is_found_upward_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IKTO_VAGRANT_DIR", raising=False)
+    (tmp_path / "Vagrantfile").write_text(OURS)
+    box = tmp_path / "vagrant" / "box"  # a box's own Vagrantfile is not the lab's
+    box.mkdir(parents=True)
+    (box / "Vagrantfile").write_text('Vagrant.configure("2") do |config| end\n')
+    assert vagrant.default_root(box) == tmp_path
+    monkeypatch.chdir(box)
+    assert VagrantLab().root == tmp_path
+    # The source tree's own Vagrantfile is the one the driver reads.
+    assert vagrant.default_root(REPO / "vagrant" / "box") == REPO
+
+
+def test_ikto_vagrant_dir_names_the_vagrantfile_explicitly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "Vagrantfile").write_text(OURS)
+    monkeypatch.setenv("IKTO_VAGRANT_DIR", str(elsewhere))
+    assert vagrant.default_root(REPO) == elsewhere
+    monkeypatch.setenv("IKTO_VAGRANT_DIR", str(tmp_path))
+    with pytest.raises(LabUsageError, match=f"IKTO_VAGRANT_DIR={tmp_path}: no ikto Vagrantfile"):
+        vagrant.default_root()
+
+
+def test_no_vagrantfile_says_where_it_looked_and_how_to_name_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IKTO_VAGRANT_DIR", raising=False)
+    with pytest.raises(LabUsageError, match=f"no ikto Vagrantfile in {tmp_path} or above.*IKTO_VAGRANT_DIR"):
+        vagrant.default_root(tmp_path)

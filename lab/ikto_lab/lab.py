@@ -23,11 +23,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from ikto.lab import firewall, mountns, netns, process
-from ikto.lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
-from ikto.lab.nats import MONITOR_PORT, NatsServer
-from ikto.lab.shell import LabError, LabUsageError, env_with_path, interactive, run, spawn
-from ikto.lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid, read_tail
+from ikto_lab import firewall, mountns, netns, process
+from ikto_lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
+from ikto_lab.nats import MONITOR_PORT, NatsServer
+from ikto_lab.shell import LabError, LabUsageError, env_with_path, interactive, run, spawn
+from ikto_lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid, read_tail
 
 UNDERLAY = IPv4Address("198.18.0.0")
 UNDERLAY_PREFIX = 16
@@ -36,7 +36,7 @@ DEFAULT_SUBNET_PREFIX = 24
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 RESERVED = {"hub", "nats", "nats1", "nats2", "nats3"}
 
-log = logging.getLogger("ikto.lab")
+log = logging.getLogger("ikto_lab")
 
 
 def _bin_dir() -> Path:
@@ -83,7 +83,7 @@ class NamespaceLab(LabDriver):
     @property
     def state(self) -> LabState:
         if self._state is None:
-            raise LabUsageError(f"no lab in {self.layout.root} (start one with `ikto lab up`)")
+            raise LabUsageError(f"no lab in {self.layout.root} (start one with `ikto-lab up`)")
         return self._state
 
     def is_up(self) -> bool:
@@ -116,7 +116,7 @@ class NamespaceLab(LabDriver):
                 what = f"{len(stale)} namespaces named {self.name}-*" if stale else "lab.json"
                 raise LabUsageError(
                     f"a lab already exists in {self.layout.root} ({what}); "
-                    "run `ikto lab down` first"
+                    "run `ikto-lab down` first"
                 )
             mesh, prefix = self._mesh
             n_nats = 3 if nats_cluster else 1
@@ -354,7 +354,7 @@ class NamespaceLab(LabDriver):
             if not self.agent_running(node):
                 raise LabError(
                     f"the agent on {node} exited at start (the lab stays up: "
-                    f"`ikto lab logs {node}`, then `ikto lab down`):\n{self.log_tail(node)}"
+                    f"`ikto-lab logs {node}`, then `ikto-lab down`):\n{self.log_tail(node)}"
                 )
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 try:
@@ -427,7 +427,7 @@ class NamespaceLab(LabDriver):
     # Status
 
     def status(self) -> dict[str, Any]:
-        """A snapshot for `ikto lab status`: NATS health and each node's agent and peers."""
+        """A snapshot for `ikto-lab status`: NATS health and each node's agent and peers."""
         nodes = []
         for n, s in self.state.nodes.items():
             view = self.observe(n)
@@ -508,10 +508,10 @@ class NamespaceLab(LabDriver):
     def admin(
         self, *args: str, url: str | None = None, bucket: str = "ikto-mesh", timeout: float = 120.0
     ) -> Any:
-        """Run `python -m ikto.lab.admin ARGS` against the lab's NATS as an operator; its JSON."""
+        """Run `python -m ikto_lab.admin ARGS` against the lab's NATS as an operator; its JSON."""
         replicas = "3" if len(self.nats_servers()) > 1 else "1"
         argv = [
-            "ip", "netns", "exec", self._admin_netns(), sys.executable, "-m", "ikto.lab.admin",
+            "ip", "netns", "exec", self._admin_netns(), sys.executable, "-m", "ikto_lab.admin",
             "--url", url or self.nats_url(), "--bucket", bucket, "--replicas", replicas, *args,
         ]  # fmt: skip
         cp = run(argv, check=False, timeout=timeout)

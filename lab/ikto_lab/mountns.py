@@ -13,8 +13,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ikto.lab.facts import mounts_under
-from ikto.lab.shell import run
+from ikto_lab.facts import mounts_under
+from ikto_lab.shell import run
 
 # Directory in the node -> name of its backing directory in the node's state dir.
 PRIVATE_DIRS = {

@@ -1,4 +1,4 @@
-"""`ikto lab`: bring a namespace lab up, look into it, and tear it down."""
+"""`ikto-lab`: bring a namespace lab up, look into it, and tear it down."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from ikto.errors import IktoError
-from ikto.lab.lab import NamespaceLab
-from ikto.lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR
+from ikto_lab.lab import NamespaceLab
+from ikto_lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR
 
 lab_app = typer.Typer(
     help=(
@@ -24,6 +24,9 @@ lab_app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 StateDir = Annotated[
@@ -45,7 +48,7 @@ Verbose = Annotated[
 
 @contextmanager
 def _errors(verbose: bool) -> Iterator[None]:
-    """Log progress to stderr; turn our errors into one `ikto: ...` line and an exit code."""
+    """Log progress to stderr; turn our errors into one `ikto-lab: ...` line and an exit code."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="==> %(message)s",
@@ -55,7 +58,7 @@ def _errors(verbose: bool) -> Iterator[None]:
     try:
         yield
     except IktoError as e:
-        typer.echo(f"ikto: {e}", err=True)
+        typer.echo(f"ikto-lab: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
 
 
@@ -73,7 +76,7 @@ def up(
     name: Name = DEFAULT_NAME,
     verbose: Verbose = False,
 ) -> None:
-    """Create the lab (refuses if one exists: run `ikto lab down` first) and wait for the mesh."""
+    """Create the lab (refuses if one exists: run `ikto-lab down` first) and wait for the mesh."""
     with _errors(verbose):
         lab = NamespaceLab(state_dir, name=name)
         t0 = time.monotonic()
@@ -108,7 +111,7 @@ def exec_(
     cmd: Annotated[list[str], typer.Argument(help="The command, after `--`.")],
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
-    """Run a command inside NODE's namespaces, e.g. `ikto lab exec node1 -- wg show`."""
+    """Run a command inside NODE's namespaces, e.g. `ikto-lab exec node1 -- wg show`."""
     with _errors(False):
         raise typer.Exit(NamespaceLab(state_dir).exec_interactive(node, cmd))
 
@@ -157,5 +160,18 @@ def down(
         logging.info("lab in %s removed", state_dir)
 
 
+@lab_app.command()
+def demo() -> None:
+    """Replace any lab with a 3-node mesh, show it working (peers, pings) and leave it up (`make demo`)."""
+    from ikto_lab.demo import main as run_demo
+
+    raise typer.Exit(run_demo())
+
+
+def main() -> None:
+    """The `ikto-lab` console script."""
+    lab_app(prog_name="ikto-lab")
+
+
 if __name__ == "__main__":
-    lab_app(prog_name="ikto lab")
+    main()

@@ -1,8 +1,8 @@
 """A lab of ikto nodes: network namespaces on this host now, other drivers later."""
 
-from ikto.lab.driver import ConvergenceTimeout, LabDriver, NodeView
-from ikto.lab.lab import NamespaceLab
-from ikto.lab.shell import LabError, LabUsageError
+from ikto_lab.driver import ConvergenceTimeout, LabDriver, NodeView
+from ikto_lab.lab import NamespaceLab
+from ikto_lab.shell import LabError, LabUsageError
 
 Lab = NamespaceLab
 

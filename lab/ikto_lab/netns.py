@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ikto.lab.shell import run
+from ikto_lab.shell import run
 
 NETNS_DIR = Path("/run/netns")
 BRIDGE = "br0"

@@ -1,4 +1,4 @@
-"""The Vagrant lab: the same LabDriver, with each node a Debian VM (see the top-level Vagrantfile).
+"""The Vagrant lab: the same LabDriver, with each node a Debian VM (see the source tree's Vagrantfile).
 
 `vagrant up` makes the VMs (libvirt, software emulation) and provisions them: ikto from
 this tree, NATS on node1, the agent as the packaged systemd unit on the members, and
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ikto.config import write_atomic
-from ikto.lab.driver import CONFIG_PATH, DEV, KEY_PATH, LabDriver
-from ikto.lab.shell import CommandError, LabError, LabUsageError, run
+from ikto_lab.driver import CONFIG_PATH, DEV, KEY_PATH, LabDriver
+from ikto_lab.shell import CommandError, LabError, LabUsageError, run
 
 UNIT = "ikto-agent.service"
 NATS_UNIT = "ikto-nats.service"
@@ -50,13 +50,30 @@ _NATS_HEALTHY = (
 T = TypeVar("T")
 
 
-def default_root() -> Path:
-    """The directory holding the Vagrantfile: $IKTO_VAGRANT_DIR, else this source tree."""
-    env = os.environ.get("IKTO_VAGRANT_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[2]
-    if not (root / "Vagrantfile").is_file():
-        raise LabUsageError(f"no Vagrantfile in {root} (set IKTO_VAGRANT_DIR to its directory)")
-    return root
+def default_root(cwd: Path | None = None) -> Path:
+    """The directory holding ikto's Vagrantfile: $IKTO_VAGRANT_DIR, else the nearest one at or
+    above the working directory (so `make e2e-vagrant` and a run from the source tree find it)."""
+    if env := os.environ.get("IKTO_VAGRANT_DIR"):
+        root = Path(env)
+        if not _is_ours(root / "Vagrantfile"):
+            raise LabUsageError(f"IKTO_VAGRANT_DIR={env}: no ikto Vagrantfile there")
+        return root
+    start = (cwd or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if _is_ours(d / "Vagrantfile"):
+            return d
+    raise LabUsageError(
+        f"no ikto Vagrantfile in {start} or above: run from the ikto source tree, "
+        "or set IKTO_VAGRANT_DIR to the directory holding it"
+    )
+
+
+def _is_ours(vagrantfile: Path) -> bool:
+    """True if this Vagrantfile writes the inventory this driver reads (not, e.g., the box's)."""
+    try:
+        return INVENTORY.name in vagrantfile.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class VagrantLab(LabDriver):
     """A lab of Vagrant VMs on an isolated libvirt network, driven over ssh."""
 
     def __init__(self, root: Path | str | None = None, *, slowdown: float | None = None) -> None:
+        """root: the directory of ikto's Vagrantfile (default: default_root())."""
         self.root = Path(root) if root is not None else default_root()
         self.slowdown = slowdown or float(os.environ.get("IKTO_VAGRANT_SLOWDOWN", DEFAULT_SLOWDOWN))
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:10]

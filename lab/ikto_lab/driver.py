@@ -18,10 +18,10 @@ from ipaddress import ip_network
 from typing import Any
 
 from ikto.ipam import Address
-from ikto.lab.shell import LabError
 from ikto.models import WgDevice
 from ikto.wg import parse_dump as parse_wg_dump
 from ikto.wg import parse_ip_addr
+from ikto_lab.shell import LabError
 
 DEV = "wg-ikto"
 CONFIG_PATH = "/etc/ikto/ikto.json"

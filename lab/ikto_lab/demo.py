@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import time
 from itertools import permutations
+from pathlib import Path
 
 from ikto.errors import IktoError
-from ikto.lab.lab import NamespaceLab, ikto_binary
-from ikto.lab.state import DEFAULT_STATE_DIR
+from ikto_lab.lab import NamespaceLab
+from ikto_lab.state import DEFAULT_STATE_DIR
 
 NODES = 3
 
 
 def _lab_command() -> str:
-    """How to call the lab CLI: `ikto lab` once registered, else the module."""
-    ikto = ikto_binary()
-    cp = subprocess.run([ikto, "lab", "--help"], capture_output=True, check=False)
-    if cp.returncode == 0:
-        return f"{_short(ikto)} lab"
-    return f"{_short(sys.executable)} -m ikto.lab.cli"
+    """How to call the lab CLI: the `ikto-lab` beside this Python (the venv's), else from PATH."""
+    script = Path(sys.executable).parent / "ikto-lab"
+    return _short(str(script)) if script.exists() else "ikto-lab"
 
 
 def _short(path: str) -> str:
@@ -32,14 +29,14 @@ def _short(path: str) -> str:
 
 
 def _show(lab: NamespaceLab, node: str, argv: list[str]) -> None:
-    print(f"\n$ ikto lab exec {node} -- {' '.join(argv)}", flush=True)
+    print(f"\n$ ikto-lab exec {node} -- {' '.join(argv)}", flush=True)
     cp = lab.exec(node, argv)
     sys.stdout.write(cp.stdout + cp.stderr)
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="==> %(message)s", stream=sys.stdout)
-    say = logging.getLogger("ikto.lab").info
+    say = logging.getLogger("ikto_lab").info
     lab = NamespaceLab(DEFAULT_STATE_DIR)
     try:
         if lab.is_up():
@@ -61,7 +58,7 @@ def main() -> int:
             failed += not ok
             print(f"    {a} -> {b} ({lab.mesh_address(b)}): {'ok' if ok else 'FAILED'}", flush=True)
     except IktoError as e:
-        print(f"ikto: {e}", file=sys.stderr)
+        print(f"ikto-lab: {e}", file=sys.stderr)
         return e.exit_code
     lab_cmd = _lab_command()
     print(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ikto.lab.shell import run
+from ikto_lab.shell import run
 
 CHAIN = "IKTO-LAB"
 

@@ -1,6 +1,6 @@
 """An operator's connection to the lab's bucket, run inside the lab (the host cannot reach NATS).
 
-`python -m ikto.lab.admin --url URLS --bucket B COMMAND ...` prints one JSON document on
+`python -m ikto_lab.admin --url URLS --bucket B COMMAND ...` prints one JSON document on
 stdout; the lab runs it in its admin netns (NamespaceLab.admin). It speaks to NATS only
 through ikto.store, like the agent. Fake entries (name `fake-*`) stand in for many peers:
 valid entries whose endpoints lead nowhere.
@@ -149,7 +149,7 @@ async def run(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one admin command; its result as JSON on stdout, an error as one line on stderr."""
-    p = argparse.ArgumentParser(prog="python -m ikto.lab.admin")
+    p = argparse.ArgumentParser(prog="python -m ikto_lab.admin")
     p.add_argument("--url", required=True)
     p.add_argument("--bucket", default="ikto-mesh")
     p.add_argument("--replicas", type=int, default=1)

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ikto.lab import process
-from ikto.lab.shell import LabError, run, spawn
-from ikto.lab.state import read_pid, read_tail
+from ikto_lab import process
+from ikto_lab.shell import LabError, run, spawn
+from ikto_lab.state import read_pid, read_tail
 
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ikto.errors import IktoError, UsageError
 
-log = logging.getLogger("ikto.lab")
+log = logging.getLogger("ikto_lab")
 
 # Commands that only read state get this; anything slower than this is hung.
 DEFAULT_TIMEOUT = 60.0
