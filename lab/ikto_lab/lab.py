@@ -23,9 +23,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from ikto_lab import firewall, mountns, netns, process
+from ikto_lab import mountns, netns, process
 from ikto_lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
-from ikto_lab.nats import MONITOR_PORT, NatsServer
+from ikto_lab.nats import NatsServer
 from ikto_lab.shell import LabError, LabUsageError, env_with_path, interactive, run, spawn
 from ikto_lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid, read_tail
 
@@ -448,22 +448,13 @@ class NamespaceLab(LabDriver):
         ]
         return {"state_dir": str(self.layout.root), "nats": nats, "nodes": nodes}
 
-    # Faults (for tests/faults): every one undoable, none outside the lab's namespaces.
+    # One NATS server, and an operator's view of the bucket
 
     def nats_server(self, name: str) -> NatsServer:
         for s in self.nats_servers():
             if s.name == name:
                 return s
         raise LabUsageError(f"no nats-server {name!r} (servers: {[s.name for s in self.nats_servers()]})")
-
-    def kill_nats_server(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send sig to one nats-server and wait until it is gone (its store stays)."""
-        pid = read_pid(self.nats_server(name).pidfile)
-        if pid is None:
-            return
-        process.signal_pids([pid], sig)
-        if process.wait_gone([pid], 15):
-            raise LabError(f"nats-server {name} survived signal {sig}")
 
     def start_nats_server(self, name: str, timeout: float = 30.0) -> None:
         """Start one nats-server again (same config and store) and wait until it is healthy."""
@@ -472,30 +463,6 @@ class NamespaceLab(LabDriver):
         s = self.nats_server(name)
         s.start(cluster, cluster_name=self.name, extra=self.nats_config)
         s.wait_healthy(timeout)
-
-    def nats_monitor(self, path: str) -> dict[str, Any]:
-        """GET a monitoring endpoint (e.g. `jsz?streams=true&accounts=true`) of the first live server."""
-        for s in self.nats_servers():
-            pid = read_pid(s.pidfile)
-            if pid is None or not process.alive(pid):
-                continue
-            url = f"http://{s.address}:{MONITOR_PORT}/{path}"
-            cp = run(["ip", "netns", "exec", s.netns, "curl", "-sf", "-m", "2", url], check=False)
-            if cp.returncode == 0:
-                data: dict[str, Any] = json.loads(cp.stdout)
-                return data
-        raise LabError(f"no nats-server answered /{path}")
-
-    def nats_leaders(self, stream: str) -> tuple[str | None, str | None]:
-        """(JetStream meta leader, leader of `stream`) by server name, as the cluster reports them."""
-        jsz = self.nats_monitor("jsz?streams=true&accounts=true")
-        meta = (jsz.get("meta_cluster") or {}).get("leader")
-        leader = None
-        for acc in jsz.get("account_details") or []:
-            for st in acc.get("stream_detail") or []:
-                if st.get("name") == stream:
-                    leader = (st.get("cluster") or {}).get("leader")
-        return meta, leader
 
     def _admin_netns(self) -> str:
         """A netns on the underlay for an operator's tools (created on first use)."""
@@ -519,40 +486,7 @@ class NamespaceLab(LabDriver):
             raise LabError(f"lab admin {' '.join(args)} failed: {(cp.stderr or cp.stdout).strip()[-800:]}")
         return json.loads(cp.stdout)
 
-    def block(self, node: str, rules: Sequence[Sequence[str]]) -> None:
-        """Drop (silently, no reset) packets matching each iptables match in node's netns."""
-        firewall.drop(self.netns(node), rules)
-
-    def unblock(self, node: str) -> None:
-        """Remove every rule block() added on node."""
-        firewall.clear(self.netns(node))
-
-    def dropped_packets(self, node: str) -> int:
-        return firewall.dropped_packets(self.netns(node))
-
-    def cut_from_nats(self, node: str) -> None:
-        """Drop all traffic between node and every nats-server (a dead link, not a refusal)."""
-        rules: list[list[str]] = []
-        for s in self.nats_servers():
-            rules += [["-d", s.address], ["-s", s.address]]
-        self.block(node, rules)
-
-    def drop_wireguard(self, a: str, b: str) -> None:
-        """Drop the WireGuard UDP between nodes a and b (both directions, filtered on a)."""
-        ub = self.underlay(b)
-        self.block(a, [["-p", "udp", "-s", ub], ["-p", "udp", "-d", ub]])
-
-    def pause_agent(self, node: str) -> None:
-        """SIGSTOP node's agent (it keeps its sockets but answers nothing)."""
-        pid = self.agent_pid(node)
-        if pid is None:
-            raise LabUsageError(f"the agent on {node} is not running")
-        process.signal_pids([pid], signal.SIGSTOP)
-
-    def resume_agent(self, node: str) -> None:
-        pid = self.agent_pid(node)
-        if pid is not None:
-            process.signal_pids([pid], signal.SIGCONT)
+    # Agents started without waiting (several at once), and what they report
 
     def spawn_agent(self, node: str, *, env: Mapping[str, str] | None = None) -> None:
         """Start node's agent without waiting for it (several at once, or one expected to fail)."""

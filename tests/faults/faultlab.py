@@ -8,18 +8,25 @@ Needs root, wireguard-go and faketime: it fails, never skips, without them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
+import firewall
 import pytest
 
 from ikto.models import WgDevice
-from ikto_lab import NamespaceLab
+from ikto_lab import LabError, LabUsageError, NamespaceLab, process
+from ikto_lab.nats import MONITOR_PORT
+from ikto_lab.shell import run
+from ikto_lab.state import read_pid
 
 STATE_DIR = Path(os.environ.get("IKTO_FAULTS_STATE_DIR", "/run/ikto-faults"))
 # remove_after must outlast a JetStream failover: after the stream leader is killed some
@@ -33,6 +40,78 @@ LIBFAKETIME = next(
     iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))),
     Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
 )
+
+
+class FaultLab(NamespaceLab):
+    """A namespace lab that can also break things: every fault undoable, none outside its namespaces."""
+
+    def kill_nats_server(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send sig to one nats-server and wait until it is gone (its store stays)."""
+        pid = read_pid(self.nats_server(name).pidfile)
+        if pid is None:
+            return
+        process.signal_pids([pid], sig)
+        if process.wait_gone([pid], 15):
+            raise LabError(f"nats-server {name} survived signal {sig}")
+
+    def nats_monitor(self, path: str) -> dict[str, Any]:
+        """GET a monitoring endpoint (e.g. `jsz?streams=true&accounts=true`) of the first live server."""
+        for s in self.nats_servers():
+            pid = read_pid(s.pidfile)
+            if pid is None or not process.alive(pid):
+                continue
+            url = f"http://{s.address}:{MONITOR_PORT}/{path}"
+            cp = run(["ip", "netns", "exec", s.netns, "curl", "-sf", "-m", "2", url], check=False)
+            if cp.returncode == 0:
+                data: dict[str, Any] = json.loads(cp.stdout)
+                return data
+        raise LabError(f"no nats-server answered /{path}")
+
+    def nats_leaders(self, stream: str) -> tuple[str | None, str | None]:
+        """(JetStream meta leader, leader of `stream`) by server name, as the cluster reports them."""
+        jsz = self.nats_monitor("jsz?streams=true&accounts=true")
+        meta = (jsz.get("meta_cluster") or {}).get("leader")
+        leader = None
+        for acc in jsz.get("account_details") or []:
+            for st in acc.get("stream_detail") or []:
+                if st.get("name") == stream:
+                    leader = (st.get("cluster") or {}).get("leader")
+        return meta, leader
+
+    def block(self, node: str, rules: Sequence[Sequence[str]]) -> None:
+        """Drop (silently, no reset) packets matching each iptables match in node's netns."""
+        firewall.drop(self.netns(node), rules)
+
+    def unblock(self, node: str) -> None:
+        """Remove every rule block() added on node."""
+        firewall.clear(self.netns(node))
+
+    def dropped_packets(self, node: str) -> int:
+        return firewall.dropped_packets(self.netns(node))
+
+    def cut_from_nats(self, node: str) -> None:
+        """Drop all traffic between node and every nats-server (a dead link, not a refusal)."""
+        rules: list[list[str]] = []
+        for s in self.nats_servers():
+            rules += [["-d", s.address], ["-s", s.address]]
+        self.block(node, rules)
+
+    def drop_wireguard(self, a: str, b: str) -> None:
+        """Drop the WireGuard UDP between nodes a and b (both directions, filtered on a)."""
+        ub = self.underlay(b)
+        self.block(a, [["-p", "udp", "-s", ub], ["-p", "udp", "-d", ub]])
+
+    def pause_agent(self, node: str) -> None:
+        """SIGSTOP node's agent (it keeps its sockets but answers nothing)."""
+        pid = self.agent_pid(node)
+        if pid is None:
+            raise LabUsageError(f"the agent on {node} is not running")
+        process.signal_pids([pid], signal.SIGSTOP)
+
+    def resume_agent(self, node: str) -> None:
+        pid = self.agent_pid(node)
+        if pid is not None:
+            process.signal_pids([pid], signal.SIGCONT)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,7 +156,7 @@ def join_one(lab: NamespaceLab, *, wait: bool = False) -> str:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[NamespaceLab]:
+def lab() -> Iterator[FaultLab]:
     if os.geteuid() != 0:
         pytest.fail("the faults suite needs root (network and mount namespaces, iptables, wireguard-go)")
     for tool in ("wireguard-go", "iptables"):
@@ -85,7 +164,7 @@ def lab() -> Iterator[NamespaceLab]:
             pytest.fail(f"{tool} is missing (make deps)")
     if not LIBFAKETIME.exists():
         pytest.fail(f"{LIBFAKETIME} is missing (make deps installs faketime)")
-    lab = NamespaceLab(STATE_DIR, name="ikto-flt", node_config=FAST)
+    lab = FaultLab(STATE_DIR, name="ikto-flt", node_config=FAST)
     lab.down()
     try:
         lab.up(0, nats_cluster=True)
@@ -101,7 +180,7 @@ def lab() -> Iterator[NamespaceLab]:
 
 
 @pytest.fixture
-def healthy(lab: NamespaceLab) -> NamespaceLab:
+def healthy(lab: FaultLab) -> FaultLab:
     """The shared lab as a test expects it: NATS up, no filters, every member's agent running."""
     for s in lab.nats_servers():
         if not s.healthy():

@@ -7,9 +7,17 @@ import time
 from itertools import permutations
 
 import pytest
-from faultlab import BUCKET, CONVERGE, check_peers, guarding, identities, join_one, pinging, unreachable
-
-from ikto_lab import NamespaceLab
+from faultlab import (
+    BUCKET,
+    CONVERGE,
+    FaultLab,
+    check_peers,
+    guarding,
+    identities,
+    join_one,
+    pinging,
+    unreachable,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -17,7 +25,7 @@ STREAM = f"KV_{BUCKET}"
 WRITES_RESUME = 25.0  # seconds from the fault to a new node converged (brief: ~10-20 s)
 
 
-def joins_within(lab: NamespaceLab, since: float, limit: float) -> tuple[str, float]:
+def joins_within(lab: FaultLab, since: float, limit: float) -> tuple[str, float]:
     """A node joins; wait until the whole mesh has it; (its name, seconds since `since`)."""
     new = join_one(lab)
     deadline = since + limit
@@ -33,7 +41,7 @@ def joins_within(lab: NamespaceLab, since: float, limit: float) -> tuple[str, fl
 
 
 @pytest.mark.parametrize("which", ["stream-leader", "meta-leader"])
-def test_one_server_of_three_killed(healthy: NamespaceLab, which: str) -> None:
+def test_one_server_of_three_killed(healthy: FaultLab, which: str) -> None:
     lab = healthy
     ids = identities(lab)
     meta, stream = lab.nats_leaders(STREAM)
@@ -56,7 +64,7 @@ def test_one_server_of_three_killed(healthy: NamespaceLab, which: str) -> None:
     lab.leave_node(new)
 
 
-def test_cluster_bounced_repeatedly(healthy: NamespaceLab) -> None:
+def test_cluster_bounced_repeatedly(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     bounces = 0
@@ -85,7 +93,7 @@ def test_cluster_bounced_repeatedly(healthy: NamespaceLab) -> None:
     lab.leave_node(new)
 
 
-def test_single_server_restarted(healthy: NamespaceLab) -> None:
+def test_single_server_restarted(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     _, leader = lab.nats_leaders(STREAM)
@@ -103,7 +111,7 @@ def test_single_server_restarted(healthy: NamespaceLab) -> None:
 
 # The watch rebuilt after the bucket is recreated loads a nearly empty snapshot; the agent
 # holds removals for three heartbeats so that live peers re-assert before anything is removed.
-def test_bucket_deleted_and_recreated(healthy: NamespaceLab) -> None:
+def test_bucket_deleted_and_recreated(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     before = lab.admin("stream-info")["ident"]

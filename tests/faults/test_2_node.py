@@ -16,6 +16,7 @@ import pytest
 from faultlab import (
     FAST,
     LIBFAKETIME,
+    FaultLab,
     check_peers,
     devices,
     guarding,
@@ -25,8 +26,6 @@ from faultlab import (
     pinging,
     unreachable,
 )
-
-from ikto_lab import NamespaceLab
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,7 +41,7 @@ def wait_for(what: str, cond, timeout: float = 20.0, pause: float = 0.5):  # typ
         time.sleep(pause)
 
 
-def test_agent_cut_off_from_nats_by_a_silent_firewall(healthy: NamespaceLab) -> None:
+def test_agent_cut_off_from_nats_by_a_silent_firewall(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     victim, *others = list(ids)
@@ -73,7 +72,7 @@ def test_agent_cut_off_from_nats_by_a_silent_firewall(healthy: NamespaceLab) -> 
     lab.leave_node(new)
 
 
-def test_wireguard_udp_dropped_between_two_nodes(healthy: NamespaceLab) -> None:
+def test_wireguard_udp_dropped_between_two_nodes(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     a, b, *_ = list(ids)
@@ -94,7 +93,7 @@ def test_wireguard_udp_dropped_between_two_nodes(healthy: NamespaceLab) -> None:
     assert unreachable(lab, [(a, b), (b, a)], timeout=15) == []
 
 
-def test_agent_stopped_past_stale_then_resumed(healthy: NamespaceLab) -> None:
+def test_agent_stopped_past_stale_then_resumed(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     victim, *others = list(ids)
@@ -118,14 +117,14 @@ def test_agent_stopped_past_stale_then_resumed(healthy: NamespaceLab) -> None:
     lab.wait_converged(30)
 
 
-def _log_clock_offset(lab: NamespaceLab, node: str) -> float:
+def _log_clock_offset(lab: FaultLab, node: str) -> float:
     """Seconds the agent's log clock is ahead of ours (its last `time=` stamp vs now)."""
     stamps = re.findall(r"^time=(\S+)", lab.log_tail(node, 200), re.M)
     assert stamps, f"{node} logged nothing"
     return (datetime.fromisoformat(stamps[-1]) - datetime.now()).total_seconds()
 
 
-def test_clock_skewed_by_ten_minutes(healthy: NamespaceLab) -> None:
+def test_clock_skewed_by_ten_minutes(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     fast, slow, *_ = list(ids)

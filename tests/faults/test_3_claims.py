@@ -6,16 +6,14 @@ import time
 from ipaddress import ip_network
 
 import pytest
-from faultlab import CONVERGE, Background, identities, start_nodes, unreachable
-
-from ikto_lab import NamespaceLab
+from faultlab import CONVERGE, Background, FaultLab, identities, start_nodes, unreachable
 
 pytestmark = pytest.mark.timeout(240)
 
 CONTENDERS = 5
 
 
-def test_many_agents_claim_one_address_at_once(healthy: NamespaceLab) -> None:
+def test_many_agents_claim_one_address_at_once(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     used = {net for _, net in ids.values()}
@@ -36,7 +34,7 @@ def test_many_agents_claim_one_address_at_once(healthy: NamespaceLab) -> None:
     assert unreachable(lab, [(n, next(iter(ids))) for n in names]) == []
 
 
-def test_restart_with_same_address_and_new_key_moves(healthy: NamespaceLab) -> None:
+def test_restart_with_same_address_and_new_key_moves(healthy: FaultLab) -> None:
     """The old entry holds another public key, so the address is another node's as far as
     anyone can tell: the node must move (or, pinned, refuse to start), never overwrite it."""
     lab = healthy

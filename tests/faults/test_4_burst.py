@@ -10,16 +10,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from faultlab import CONVERGE, FAST, check_peers, identities
-
-from ikto_lab import NamespaceLab
+from faultlab import CONVERGE, FAST, FaultLab, check_peers, identities
 
 pytestmark = pytest.mark.timeout(240)
 
 KEYS, ROUNDS = 100, 50  # 5,000 writes
 
 
-def differences(lab: NamespaceLab, node: str, dump: dict[str, Any]) -> list[str]:
+def differences(lab: FaultLab, node: str, dump: dict[str, Any]) -> list[str]:
     """Where node's WireGuard differs from the bucket (entries near remove_after are ignored)."""
     assert dump, "the bucket dump came back empty (the lab nodes' own entries are missing)"
     me = lab.wg_device(node)
@@ -46,11 +44,11 @@ def differences(lab: NamespaceLab, node: str, dump: dict[str, Any]) -> list[str]
     return out
 
 
-def wg_calls(lab: NamespaceLab, node: str) -> int:
+def wg_calls(lab: FaultLab, node: str) -> int:
     return int(lab.agent_status(node)["health"]["wg_calls"])
 
 
-def test_burst_of_5000_updates(healthy: NamespaceLab) -> None:
+def test_burst_of_5000_updates(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     calls = {n: wg_calls(lab, n) for n in ids}
@@ -80,7 +78,7 @@ def test_burst_of_5000_updates(healthy: NamespaceLab) -> None:
     lab.wait_converged(CONVERGE)
 
 
-def test_watch_started_under_concurrent_writes(healthy: NamespaceLab) -> None:
+def test_watch_started_under_concurrent_writes(healthy: FaultLab) -> None:
     lab = healthy
     ids = identities(lab)
     node = next(iter(ids))

@@ -11,9 +11,7 @@ import time
 from itertools import permutations
 
 import pytest
-from faultlab import CONVERGE, Background, identities, join_one, pinging, unreachable
-
-from ikto_lab import NamespaceLab
+from faultlab import CONVERGE, Background, FaultLab, identities, join_one, pinging, unreachable
 
 SECONDS = float(os.environ.get("IKTO_SOAK_SECONDS", "60"))
 NODES, CORE = 10, 4
@@ -21,7 +19,7 @@ NODES, CORE = 10, 4
 pytestmark = pytest.mark.timeout(SECONDS + 300)
 
 
-def test_soak_one_join_or_leave_per_second(healthy: NamespaceLab) -> None:
+def test_soak_one_join_or_leave_per_second(healthy: FaultLab) -> None:
     lab = healthy
     while len(lab.members()) < NODES:
         join_one(lab, wait=True)
