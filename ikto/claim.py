@@ -7,12 +7,11 @@ it. The loser moves to another random subnet, unless its address is pinned.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from ikto import ipam
+from ikto import entry, ipam, liveness
 from ikto.errors import UsageError
 from ikto.ipam import Network
 from ikto.models import Peer
@@ -62,7 +61,7 @@ async def claim(
         holder = result
         if pinned:
             raise AddressTakenError(
-                f"address {peer.allowed_ip} is taken by {_describe_holder(holder)}; it is pinned "
+                f"address {peer.allowed_ip} is taken by {entry.describe(holder.value)}; it is pinned "
                 "(address_pinned), so not moving: pick another private_address or remove "
                 f"that entry (key {holder.key})"
             )
@@ -70,7 +69,7 @@ async def claim(
             break
         new = _pick_untried(pick, tried)
         log.warning(
-            "address %s is taken by %s; trying %s", peer.allowed_ip, _describe_holder(holder), new
+            "address %s is taken by %s; trying %s", peer.allowed_ip, entry.describe(holder.value), new
         )
         peer = replace(peer, allowed_ip=new)
     raise AddressTakenError(
@@ -82,7 +81,7 @@ async def claim(
 async def _claim_one(store: Store, peer: Peer, reclaim_after: float | None) -> int | Entry:
     """Our revision if the key is ours now, else the entry of the node holding it."""
     key = ipam.peer_key(peer.allowed_ip)
-    value = json.dumps(peer.to_entry()).encode()
+    value = entry.encode(peer)
     for _ in range(RACE_RETRIES):
         try:
             return await store.create(key, value, ttl=reclaim_after)
@@ -91,13 +90,13 @@ async def _claim_one(store: Store, peer: Peer, reclaim_after: float | None) -> i
         holder = await store.get(key)
         if holder is None:
             continue  # deleted since our create: try again
-        if _public_key(holder) != peer.public_key:
+        if entry.owner(holder.value) != peer.public_key:
             silent = await _silent_for(store, holder)
-            if reclaim_after is None or silent is None or silent <= reclaim_after:
+            if reclaim_after is None or not liveness.reclaimable(silent, reclaim_after):
                 return holder
             log.warning(
                 "reclaiming %s from %s, silent for %.0f s (reclaim_after %.0f s)",
-                peer.allowed_ip, _describe_holder(holder), silent, reclaim_after,
+                peer.allowed_ip, entry.describe(holder.value), silent, reclaim_after,
             )
         # Our own entry (a restart, or a changed name/endpoint), or a dead node's:
         # replace it in place, only if nobody wrote it since we read it.
@@ -114,25 +113,6 @@ async def _silent_for(store: Store, holder: Entry) -> float | None:
     if now is None or holder.created is None:
         return None
     return (now - holder.created).total_seconds()
-
-
-def _public_key(entry: Entry) -> str | None:
-    try:
-        data = json.loads(entry.value or b"")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    key = data.get("public_key") if isinstance(data, dict) else None
-    return key if isinstance(key, str) else None
-
-
-def _describe_holder(entry: Entry) -> str:
-    try:
-        data = json.loads(entry.value or b"")
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if not isinstance(data, dict):
-        return "an entry that is not valid JSON"
-    return f"node {data.get('name', '?')} (public key {data.get('public_key', '?')})"
 
 
 def _pick_untried(pick: Callable[[], Network], tried: set[Network]) -> Network:

@@ -6,14 +6,11 @@ defaults. Every invalid field is reported on its own line, naming the field.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import socket
-import tempfile
 from contextvars import ContextVar
-from ipaddress import IPv6Address, ip_network
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,9 @@ from pydantic_settings import (
 
 from ikto import ipam, keys
 from ikto.errors import UsageError
-from ikto.ipam import Address, Interface, Network
+from ikto.files import write_atomic
+from ikto.ipam import Address, Interface, Network, unusable_endpoint_reason
+from ikto.models import LocalNode
 
 DEFAULT_MESH = "fd10::/16"
 DEFAULT_PREFIX = 48
@@ -260,6 +259,13 @@ class Config(BaseSettings):
         """Replicas for a bucket we create: 3 when given a cluster (3+ URLs), else 1."""
         return 3 if len(self.nats_servers) >= 3 else 1
 
+    def local_node(self) -> LocalNode:
+        """What the rendered WireGuard file says about this node."""
+        return LocalNode(
+            self.name, self.wg_dev_name, self.mesh_cidr, self.nats_kv, self.interface_address,
+            self.wg_port, self.mtu, self.persistent_keepalive,
+        )
+
     @property
     def wg_config_path(self) -> Path:
         return self.config_dir / f"{self.wg_dev_name}.conf"
@@ -282,25 +288,6 @@ class Config(BaseSettings):
         ]
         if missing:
             raise ConfigError("\n".join(missing))
-
-
-def unusable_endpoint_reason(a: Address) -> str | None:
-    """Why an address cannot be a WireGuard endpoint, or None if it can."""
-    if isinstance(a, IPv6Address) and a.ipv4_mapped is not None:
-        return "an IPv4-mapped IPv6 address (write the IPv4 address)"
-    if a.is_unspecified:
-        return "the unspecified address"
-    if a.is_loopback:
-        return "a loopback address"
-    if a.is_multicast:
-        return "a multicast address"
-    if a.is_link_local:
-        return "a link-local address"
-    if a.version == 4 and int(a) == 0xFFFFFFFF:
-        return "the broadcast address"
-    if a.is_reserved and a.version == 4:
-        return "a reserved address"
-    return None
 
 
 def _format_errors(e: ValidationError) -> str:
@@ -330,20 +317,3 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
 def write_config(config: Config, path: Path) -> None:
     """Write the config as JSON atomically (temp file + rename), mode 0600."""
     write_atomic(path, json.dumps(config.to_json_dict(), indent=2) + "\n")
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write text to path through a temp file in the same directory and rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

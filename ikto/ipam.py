@@ -103,3 +103,22 @@ def decode_peer_key(key: str) -> str:
         return base64.urlsafe_b64decode(key[len(KEY_PREFIX) :].encode("ascii")).decode("ascii")
     except (binascii.Error, UnicodeError, ValueError):
         raise ValueError(f"key {key!r} is not base64url of an address") from None
+
+
+def unusable_endpoint_reason(a: Address) -> str | None:
+    """Why an address cannot be a WireGuard endpoint, or None if it can."""
+    if isinstance(a, IPv6Address) and a.ipv4_mapped is not None:
+        return "an IPv4-mapped IPv6 address (write the IPv4 address)"
+    if a.is_unspecified:
+        return "the unspecified address"
+    if a.is_loopback:
+        return "a loopback address"
+    if a.is_multicast:
+        return "a multicast address"
+    if a.is_link_local:
+        return "a link-local address"
+    if a.version == 4 and int(a) == 0xFFFFFFFF:
+        return "the broadcast address"
+    if a.is_reserved and a.version == 4:
+        return "a reserved address"
+    return None

@@ -7,35 +7,13 @@ to change. Nothing here touches NATS or WireGuard.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import ip_address, ip_network
 
-from ikto import ipam, keys
-from ikto.config import unusable_endpoint_reason
-from ikto.ipam import Network
+from ikto.entry import EntryError, MeshSpec, parse
 from ikto.models import Peer
 
-MAX_VALUE_BYTES = 4096
-REQUIRED = ("name", "public_key", "advertise_address", "allowed_ip", "wg_port")
-
-
-class EntryError(ValueError):
-    """Why a bucket entry was rejected (one line)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MeshSpec:
-    """What every entry is checked against."""
-
-    cidr: Network
-    prefix: int
-    self_public_key: str
-    self_key: str  # our own bucket key
-
-    def with_self_key(self, key: str) -> MeshSpec:
-        return MeshSpec(self.cidr, self.prefix, self.self_public_key, key)
+__all__ = ["Mesh", "MeshSpec", "Rejection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,82 +23,6 @@ class Rejection:
     key: str
     revision: int
     reason: str
-
-
-def _is_printable(s: str) -> bool:
-    return all(32 <= ord(c) != 127 for c in s)
-
-
-def parse_entry(key: str, value: bytes, spec: MeshSpec) -> Peer:
-    """Validate one bucket entry on its own; raise EntryError with the reason."""
-    if len(value) > MAX_VALUE_BYTES:
-        raise EntryError(f"value is {len(value)} bytes (limit {MAX_VALUE_BYTES})")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EntryError("value is not UTF-8") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EntryError(f"value is not JSON ({e.msg} at char {e.pos})") from None
-    if not isinstance(data, dict):
-        raise EntryError(f"value is a JSON {type(data).__name__}, not an object")
-    if "allowed_ip" not in data and "private_cidr" in data:  # pre-v0.3 name of the field
-        data["allowed_ip"] = data["private_cidr"]
-    missing = [f for f in REQUIRED if f not in data]
-    if missing:
-        raise EntryError(f"missing field(s): {', '.join(missing)}")
-    for f in ("name", "public_key", "advertise_address", "allowed_ip"):
-        if not isinstance(data[f], str):
-            raise EntryError(f"{f} is a {type(data[f]).__name__}, not a string")
-    port = data["wg_port"]
-    if not isinstance(port, int) or isinstance(port, bool):
-        raise EntryError(f"wg_port is a {type(port).__name__}, not an integer")
-    if not 1 <= port <= 65535:
-        raise EntryError(f"wg_port {port} is out of range 1-65535")
-
-    name = data["name"]
-    if len(name) > 64 or not _is_printable(name):
-        raise EntryError("name has control characters or is longer than 64 characters")
-
-    if not keys.is_valid_public_key(data["public_key"]):
-        raise EntryError("public_key is not a 32-byte base64 key (or is all zeros)")
-    public_key = data["public_key"]
-
-    try:
-        allowed = ip_network(data["allowed_ip"], strict=True)
-    except ValueError:
-        raise EntryError(f"allowed_ip {data['allowed_ip']!r} is not a network in CIDR form") from None
-    # Integer compare, not subnet_of(): that fills cached properties on every network
-    # object (2 MiB at 10k peers) and is slow.
-    mesh = spec.cidr
-    shift = mesh.max_prefixlen - mesh.prefixlen
-    if (
-        allowed.version != mesh.version
-        or allowed.prefixlen < mesh.prefixlen
-        or int(allowed.network_address) >> shift != int(mesh.network_address) >> shift
-    ):
-        raise EntryError(f"allowed_ip {allowed} is outside the mesh {spec.cidr}")
-    if allowed.prefixlen != spec.prefix:
-        raise EntryError(f"allowed_ip {allowed} is not a /{spec.prefix} (the mesh's subnet size)")
-    if key != ipam.peer_key(allowed):
-        raise EntryError(f"key does not match allowed_ip {allowed} (expected {ipam.peer_key(allowed)})")
-
-    try:
-        adv = ip_address(data["advertise_address"])
-    except ValueError:
-        raise EntryError(f"advertise_address {data['advertise_address']!r} is not an IP address") from None
-    reason = unusable_endpoint_reason(adv)
-    if reason:
-        raise EntryError(f"advertise_address {adv} is {reason}")
-    if adv.version == mesh.version and int(adv) >> shift == int(mesh.network_address) >> shift:
-        raise EntryError(f"advertise_address {adv} is inside the mesh")
-
-    if public_key == spec.self_public_key and key != spec.self_key:
-        raise EntryError("uses our public key")
-    if key == spec.self_key and public_key != spec.self_public_key:
-        raise EntryError("claims our address with another public key")
-    return Peer(name, public_key, adv, allowed, port)
 
 
 class Mesh:
@@ -162,7 +64,7 @@ class Mesh:
         self._digest[key] = digest
         touched = self._drop(key)
         try:
-            peer = parse_entry(key, value, self.spec)
+            peer = parse(key, value, self.spec)
         except EntryError as e:
             old = self.rejected.get(key)
             rej = Rejection(key, revision, str(e))
@@ -195,17 +97,6 @@ class Mesh:
             self.server_now = t
         if key is not None:
             self.written[key] = t
-
-    def silent_for(self, key: str, floor: float | None = None) -> float | None:
-        """Seconds since key was last written, on the server's clock (None if unknown).
-
-        `floor` restarts every clock (after an outage, everyone gets a fresh grace)."""
-        w = self.written.get(key)
-        if w is None or self.server_now is None:
-            return None
-        if floor is not None and floor > w:
-            w = floor
-        return max(0.0, self.server_now - w)
 
     def set_expired(self, keys: set[str]) -> set[str]:
         """Leave these keys out of WireGuard (or bring back those not listed); touched keys."""
@@ -262,3 +153,13 @@ class Mesh:
     def revision_of(self, key: str) -> int | None:
         e = self.entries.get(key)
         return e[0] if e else None
+
+    def public_keys(self) -> list[str]:
+        """Every public key some valid entry holds (conflict losers and expired ones included)."""
+        return list(self._by_pubkey)
+
+    def holder(self, public_key: str) -> tuple[str, Peer] | None:
+        """A key holding this public key and its peer, whether it wins or not (None: no entry)."""
+        shared = self._shared.get(public_key)
+        key = self._earliest(shared) if shared else self._by_pubkey.get(public_key)
+        return (key, self.entries[key][1]) if key is not None else None

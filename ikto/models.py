@@ -1,10 +1,11 @@
-"""Typed values shared by the modules: mesh entries, WireGuard's view, the apply plan."""
+"""Typed values shared by the modules: mesh nodes, WireGuard's view, and the plans to apply."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from ikto.ipam import Address, Network
+from ikto.ipam import Address, Interface, Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,20 @@ class Peer:
             "allowed_ip": str(self.allowed_ip),
             "wg_port": self.wg_port,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class LocalNode:
+    """This node's side of the rendered WireGuard file."""
+
+    name: str
+    dev: str
+    mesh: Network
+    bucket: str
+    address: Interface  # the subnet base with the mesh's prefix length
+    port: int
+    mtu: int | None
+    keepalive: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,15 @@ class WgDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class Link:
+    """The interface as `ip -j link show` reports it."""
+
+    name: str
+    up: bool
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerConfig:
     """What we want WireGuard to hold for one peer."""
 
@@ -75,14 +99,48 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerWant:
+    """The desired state of one public key: its config, or None with the reason it is left out."""
+
+    name: str
+    config: PeerConfig | None
+    why_absent: str = "not in the bucket"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChange:
+    """One peer in a plan: what WireGuard held, what it will hold, and why (for logs and views)."""
+
+    public_key: str
+    name: str
+    old: WgPeer | None
+    new: PeerConfig | None
+    why: str
+
+    @property
+    def kind(self) -> Literal["add", "change", "remove"]:
+        if self.new is None:
+            return "remove"
+        return "add" if self.old is None else "change"
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """The difference to apply: peers to set (add or change) and public keys to remove."""
+    """The difference to apply: peers to set (add or change) and public keys to remove.
+
+    `changes` explains each of them; plans built by hand (tests, syncconf) may leave it empty.
+    """
 
     set: tuple[PeerConfig, ...] = ()
     remove: tuple[str, ...] = ()
+    changes: tuple[PeerChange, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.set or self.remove)
 
     def __len__(self) -> int:
         return len(self.set) + len(self.remove)
+
+    def without_removals(self) -> Plan:
+        """The same plan, adding and changing only."""
+        return Plan(set=self.set, changes=tuple(c for c in self.changes if c.new is not None))

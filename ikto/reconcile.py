@@ -1,10 +1,10 @@
-"""Reconcile as data: wanted peers + what WireGuard reports → the plan to apply. Pure."""
+"""Reconcile as data: what we want + what WireGuard reports → the plan to apply. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ikto.models import Peer, PeerConfig, Plan, WgPeer
+from ikto.models import Peer, PeerChange, PeerConfig, PeerWant, Plan, WgPeer
 
 
 def peer_config(peer: Peer, keepalive: int) -> PeerConfig:
@@ -12,39 +12,60 @@ def peer_config(peer: Peer, keepalive: int) -> PeerConfig:
     return PeerConfig(peer.public_key, (str(peer.allowed_ip),), peer.endpoint, keepalive)
 
 
+def want(peer: Peer, keepalive: int) -> PeerWant:
+    """A peer we want in WireGuard."""
+    return PeerWant(peer.name, peer_config(peer, keepalive))
+
+
 def matches(want: PeerConfig, have: WgPeer) -> bool:
     """True if WireGuard already holds exactly what we want for this peer."""
-    return (
-        want.endpoint == have.endpoint
-        and want.persistent_keepalive == have.persistent_keepalive
-        and sorted(want.allowed_ips) == sorted(have.allowed_ips)
-    )
+    return not differences(want, have)
+
+
+def differences(want: PeerConfig, have: WgPeer) -> list[str]:
+    """What differs between the wanted and the held peer, as `field old -> new` texts."""
+    out = []
+    if want.endpoint != have.endpoint:
+        out.append(f"endpoint {have.endpoint or '(none)'} -> {want.endpoint}")
+    if sorted(want.allowed_ips) != sorted(have.allowed_ips):
+        out.append(f"allowed-ips {','.join(have.allowed_ips) or '(none)'} -> {','.join(want.allowed_ips)}")
+    if want.persistent_keepalive != have.persistent_keepalive:
+        out.append(f"keepalive {have.persistent_keepalive} -> {want.persistent_keepalive}")
+    return out
 
 
 def diff(
-    wanted: Mapping[str, PeerConfig],
+    wanted: Mapping[str, PeerWant],
     observed: Mapping[str, WgPeer],
     public_keys: Iterable[str] | None = None,
 ) -> Plan:
     """The plan that makes `observed` equal `wanted`, for the given keys or for all.
 
-    With `public_keys`, only those peers are compared: O(changed), not O(peers).
-    Unchanged peers are left alone, so their sessions and learned state survive.
+    `wanted` maps public keys to what we want, including keys we know but leave out (config
+    None) so a removal can say why. With `public_keys`, only those peers are compared:
+    O(changed), not O(peers). Unchanged peers are left alone, so their sessions and learned
+    state survive.
     """
-    keys: Iterable[str] = (
-        public_keys if public_keys is not None else set(wanted) | set(observed)
-    )
+    keys: Iterable[str] = public_keys if public_keys is not None else set(wanted) | set(observed)
     to_set: list[PeerConfig] = []
     to_remove: list[str] = []
+    changes: list[PeerChange] = []
     for k in sorted(keys):
-        want = wanted.get(k)
+        w = wanted.get(k)
         have = observed.get(k)
-        if want is None:
+        new = w.config if w is not None else None
+        if new is None:
             if have is not None:
                 to_remove.append(k)
-        elif have is None or not matches(want, have):
-            to_set.append(want)
-    return Plan(set=tuple(to_set), remove=tuple(to_remove))
+                why = w.why_absent if w is not None else "not in the bucket"
+                changes.append(PeerChange(k, w.name if w is not None else "?", have, None, why))
+        elif have is None:
+            to_set.append(new)
+            changes.append(PeerChange(k, w.name if w else "?", None, new, "new peer"))
+        elif what := differences(new, have):
+            to_set.append(new)
+            changes.append(PeerChange(k, w.name if w else "?", have, new, "; ".join(what)))
+    return Plan(set=tuple(to_set), remove=tuple(to_remove), changes=tuple(changes))
 
 
 def applied(plan: Plan, observed: dict[str, WgPeer]) -> None:

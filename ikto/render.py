@@ -10,8 +10,7 @@ import jinja2
 
 import ikto
 from ikto import ipam
-from ikto.config import Config, write_atomic
-from ikto.models import Peer
+from ikto.models import LocalNode, Peer
 
 TEMPLATE = "wg-quick.conf.j2"
 
@@ -59,32 +58,27 @@ def _peer_rows(peers: Iterable[Peer]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _render(config: Config, private_key: str, peers: Iterable[Peer], *, quick: bool) -> str:
+def _render(node: LocalNode, private_key: str, peers: Iterable[Peer], *, quick: bool) -> str:
     return _template().render(
         quick=quick,
-        name=config.name.translate(_CONTROL),
-        mesh=str(config.mesh_cidr),
-        bucket=config.nats_kv,
-        dev=config.wg_dev_name,
-        address=str(config.interface_address) if quick else "",
-        port=config.wg_port,
-        mtu=config.mtu,
+        name=node.name.translate(_CONTROL),
+        mesh=str(node.mesh),
+        bucket=node.bucket,
+        dev=node.dev,
+        address=str(node.address) if quick else "",
+        port=node.port,
+        mtu=node.mtu,
         private_key=private_key.strip(),
-        keepalive=config.persistent_keepalive,
+        keepalive=node.keepalive,
         peers=_peer_rows(peers),
     )
 
 
-def render(config: Config, private_key: str, peers: Iterable[Peer]) -> str:
+def render(node: LocalNode, private_key: str, peers: Iterable[Peer]) -> str:
     """The wg-quick file (Address, MTU, Table = off, one [Peer] per node sorted by subnet)."""
-    return _render(config, private_key, peers, quick=True)
+    return _render(node, private_key, peers, quick=True)
 
 
-def render_wg(config: Config, private_key: str, peers: Iterable[Peer]) -> str:
+def render_wg(node: LocalNode, private_key: str, peers: Iterable[Peer]) -> str:
     """The same peers in wg(8) format, for `wg syncconf` (no wg-quick-only keys)."""
-    return _render(config, private_key, peers, quick=False)
-
-
-def write_config(path: Path, text: str) -> None:
-    """Write a rendered config atomically with mode 0600 (it holds the private key)."""
-    write_atomic(path, text, mode=0o600)
+    return _render(node, private_key, peers, quick=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ikto import keys, render
+from ikto import files, keys, render
 from ikto.config import Config
 from ikto.models import Peer, PeerConfig, Plan, WgDevice
 from ikto.reconcile import peer_config
@@ -33,7 +33,7 @@ class Node:
 
     def write(self, peers: list[Peer]) -> Path:
         path = self.config.wg_config_path
-        render.write_config(path, render.render(self.config, self.private_key, peers))
+        files.write_atomic(path, render.render(self.config.local_node(), self.private_key, peers))
         return path
 
 
@@ -87,7 +87,7 @@ def test_wg_quick_strip_accepts_the_rendered_file(node: Node) -> None:
     path = node.write(peers)
     stripped = node.wg.run(["wg-quick", "strip", str(path)])
     # What wg-quick hands to `wg setconf` is exactly what render_wg produces.
-    wg_text = render.render_wg(node.config, node.private_key, peers)
+    wg_text = render.render_wg(node.config.local_node(), node.private_key, peers)
     assert meaningful(stripped) == meaningful(wg_text)
     assert meaningful(stripped)[:3] == ["[Interface]", "ListenPort=51820", f"PrivateKey={node.private_key}"]
 
@@ -118,9 +118,9 @@ def test_syncconf_yields_exactly_the_new_peers(node: Node) -> None:
     node.wg.up(node.write(old))
     moved = Peer(old[1].name, old[1].public_key, ip_address("198.18.0.99"), old[1].allowed_ip, 4000)
     new = [old[0], moved, mesh_peer(4)]
-    node.wg.syncconf(render.render_wg(node.config, node.private_key, new))
+    node.wg.syncconf(render.render_wg(node.config.local_node(), node.private_key, new))
     assert held(node.wg.dump()) == wanted(new)
-    node.wg.syncconf(render.render_wg(node.config, node.private_key, []))
+    node.wg.syncconf(render.render_wg(node.config.local_node(), node.private_key, []))
     assert node.wg.dump().peers == {}
 
 

@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ikto import ipam, keys
-from ikto.mesh import Mesh, MeshSpec, parse_entry
-from ikto.models import WgPeer
-from ikto.reconcile import applied, diff, peer_config
+from ikto.entry import MeshSpec
+from ikto.entry import parse as parse_entry
+from ikto.mesh import Mesh
+from ikto.models import PeerWant, WgPeer
+from ikto.reconcile import applied, diff, peer_config, want
 
 MESH = ip_network("fd10::/16")
 SELF_PUB = keys.public_key(keys.generate_private_key())
@@ -129,7 +131,7 @@ events = st.lists(
 
 
 def wanted_of(m: Mesh):
-    return {p.public_key: peer_config(p, 25) for p in m.peers()}
+    return {p.public_key: want(p, 25) for p in m.peers()}
 
 
 @settings(max_examples=200, deadline=None)
@@ -143,11 +145,11 @@ def test_reconcile_converges_is_idempotent_and_allowed_ips_never_overlap(evs):
             if is_put else m.delete(key)
         # incremental: only touched keys are compared
         applied(diff(wanted_of(m), observed, touched), observed)
-    want = wanted_of(m)
+    wanted = wanted_of(m)
     assert {k: (v.allowed_ips, v.endpoint) for k, v in observed.items()} == {
-        k: (v.allowed_ips, v.endpoint) for k, v in want.items()
+        k: (v.config.allowed_ips, v.config.endpoint) for k, v in wanted.items() if v.config
     }
-    assert not diff(want, observed)  # applying twice changes nothing
+    assert not diff(wanted, observed)  # applying twice changes nothing
     ips = [ip for p in observed.values() for ip in p.allowed_ips]
     assert len(ips) == len(set(ips))
 
@@ -157,10 +159,10 @@ def test_diff_removes_unknown_and_leaves_matching_alone():
     pc = peer_config(p, 25)
     same = WgPeer(pc.public_key, pc.endpoint, pc.allowed_ips, 123, 5, 6, 25)
     stranger = WgPeer(pub(), None, ("fd10:9::/48",), 0, 0, 0, 0)
-    plan = diff({pc.public_key: pc}, {pc.public_key: same, stranger.public_key: stranger})
+    plan = diff({pc.public_key: PeerWant(p.name, pc)}, {pc.public_key: same, stranger.public_key: stranger})
     assert plan.set == () and plan.remove == (stranger.public_key,)
     moved = WgPeer(pc.public_key, "198.18.0.99:51820", pc.allowed_ips, 1, 1, 1, 25)
-    assert diff({pc.public_key: pc}, {pc.public_key: moved}).set == (pc,)
+    assert diff({pc.public_key: PeerWant(p.name, pc)}, {pc.public_key: moved}).set == (pc,)
 
 
 def test_heartbeat_with_same_value_touches_nothing_and_keeps_first_revision():

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ikto import ipam, render
+from ikto import files, ipam, render
 from ikto.config import Config
 from ikto.models import Peer, PeerConfig
 from ikto.reconcile import peer_config
@@ -78,12 +78,12 @@ def check_golden(name: str, text: str) -> None:
 )
 def test_golden(name: str, fields: dict[str, Any], peers: list[Peer]) -> None:
     cfg = config(**fields)
-    check_golden(f"{name}.conf", render.render(cfg, PRIVATE, peers))
-    check_golden(f"{name}.wg.conf", render.render_wg(cfg, PRIVATE, peers))
+    check_golden(f"{name}.conf", render.render(cfg.local_node(), PRIVATE, peers))
+    check_golden(f"{name}.wg.conf", render.render_wg(cfg.local_node(), PRIVATE, peers))
 
 
 def test_interface_address_carries_the_mesh_prefix_and_table_is_off() -> None:
-    text = render.render(config(), PRIVATE, V6_PEERS)
+    text = render.render(config().local_node(), PRIVATE, V6_PEERS)
     assert "Address = fd10:1::/16\n" in text
     assert "Table = off\n" in text
     assert "MTU" not in text
@@ -91,21 +91,21 @@ def test_interface_address_carries_the_mesh_prefix_and_table_is_off() -> None:
 
 
 def test_render_wg_has_no_wg_quick_only_keys() -> None:
-    text = render.render_wg(config(**V4_CONFIG), PRIVATE, V4_PEERS)
+    text = render.render_wg(config(**V4_CONFIG).local_node(), PRIVATE, V4_PEERS)
     keys = {ln.split("=", 1)[0].strip() for ln in text.splitlines() if "=" in ln and not ln.startswith("#")}
     assert keys == {"ListenPort", "PrivateKey", "PublicKey", "AllowedIPs", "Endpoint"}
     assert "[Interface]" in text and text.count("[Peer]") == 2
 
 
 def test_peers_are_sorted_by_subnet_and_keepalive_omitted_when_zero() -> None:
-    text = render.render(config(**V4_CONFIG), PRIVATE, V4_PEERS)
+    text = render.render(config(**V4_CONFIG).local_node(), PRIVATE, V4_PEERS)
     assert text.index("10.42.9.0/24") < text.index("10.42.200.0/24")
     assert "PersistentKeepalive" not in text
 
 
 def test_a_name_cannot_break_the_file() -> None:
     evil = peer("x\n[Peer]\nPublicKey = evil\r", K1, "198.18.0.2", "fd10:2::/48")
-    text = render.render(config(), PRIVATE, [evil])
+    text = render.render(config().local_node(), PRIVATE, [evil])
     assert text.splitlines().count("[Peer]") == 1
     assert "PublicKey = evil" not in text.splitlines()
     assert "# x [Peer] PublicKey = evil  (fd10:2::/48)\n" in text
@@ -147,8 +147,8 @@ def test_fast_address_text_edge_cases(text: str) -> None:
 
 def test_write_config_is_0600(tmp_path: Path) -> None:
     path = tmp_path / "wireguard" / "wg-ikto.conf"
-    render.write_config(path, "x\n")
-    render.write_config(path, "y\n")
+    files.write_atomic(path, "x\n")
+    files.write_atomic(path, "y\n")
     assert path.read_text() == "y\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["wg-ikto.conf"]
