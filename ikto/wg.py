@@ -24,12 +24,14 @@ from ipaddress import (
     ip_interface,
 )
 from pathlib import Path
+from typing import Protocol
 
 import sh
 
 from ikto.errors import IktoError
+from ikto.ipam import Interface
 from ikto.keys import is_valid_public_key
-from ikto.models import PeerConfig, Plan, WgDevice, WgPeer
+from ikto.models import Link, PeerConfig, Plan, WgDevice, WgPeer
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,26 @@ def sh_runner(argv: list[str], stdin: str | None = None) -> str:
     return str(proc.stdout.decode("utf-8", "replace"))
 
 
+class WgApi(Protocol):
+    """What the agent needs from the OS: the seam that tests replace with a fake."""
+
+    dev: str
+
+    def public_key(self, private_b64: str) -> str: ...
+    def link(self) -> Link | None: ...
+    def up(self, conf_path: Path) -> None: ...
+    def down(self, conf_path: Path) -> None: ...
+    def delete(self) -> None: ...
+    def dump(self) -> WgDevice: ...
+    def addresses(self) -> list[Interface]: ...
+    def configure(self, listen_port: int, private_key_path: Path) -> None: ...
+    def add_address(self, iface: Interface) -> None: ...
+    def remove_address(self, iface: Interface) -> None: ...
+    def set_link_up(self, mtu: int | None) -> None: ...
+    def apply(self, plan: Plan) -> None: ...
+    def syncconf(self, wg_conf_text: str) -> None: ...
+
+
 class Wg:
     """One WireGuard interface, optionally inside a network namespace."""
 
@@ -194,15 +216,19 @@ class Wg:
             raise WgError(["wg", "pubkey"], 0, "", message=f"wg pubkey printed no key: {out[:60]!r}")
         return out
 
-    def exists(self) -> bool:
-        """True if the interface exists (of any type)."""
+    def link(self) -> Link | None:
+        """The interface's state, or None if it does not exist."""
         try:
-            self.run(["ip", "-j", "link", "show", "dev", self.dev])
+            text = self.run(["ip", "-j", "link", "show", "dev", self.dev])
         except WgError as e:
             if "does not exist" in e.stderr:
-                return False
+                return None
             raise
-        return True
+        return parse_ip_link(text, self.dev)
+
+    def exists(self) -> bool:
+        """True if the interface exists (of any type)."""
+        return self.link() is not None
 
     def up(self, conf_path: Path) -> None:
         """wg-quick up: create the interface (kernel, else wireguard-go), address, MTU, up."""
@@ -236,7 +262,15 @@ class Wg:
     def ensure_address(self, iface: IPv4Interface | IPv6Interface, mtu: int | None) -> None:
         """Add the address if missing, then set the MTU (if given) and bring the link up."""
         if iface not in self.addresses():
-            self.run(["ip", f"-{iface.version}", "addr", "add", str(iface), "dev", self.dev])
+            self.add_address(iface)
+        self.set_link_up(mtu)
+
+    def add_address(self, iface: IPv4Interface | IPv6Interface) -> None:
+        """Add an address to the interface."""
+        self.run(["ip", f"-{iface.version}", "addr", "add", str(iface), "dev", self.dev])
+
+    def set_link_up(self, mtu: int | None) -> None:
+        """Bring the link up, setting the MTU first if given."""
         argv = ["ip", "link", "set", "dev", self.dev]
         if mtu is not None:
             argv += ["mtu", str(mtu)]
@@ -307,6 +341,14 @@ def parse_dump(text: str) -> WgDevice:
         fwmark=_int(fwmark),
         peers=peers,
     )
+
+
+def parse_ip_link(json_text: str, dev: str) -> Link | None:
+    """Parse `ip -j link show dev DEV`: the link's state, or None if it is not listed."""
+    for link in json.loads(json_text) if json_text.strip() else []:
+        if link.get("ifname") == dev:
+            return Link(dev, "UP" in link.get("flags", ()), int(link.get("mtu", 0)))
+    return None
 
 
 def parse_ip_addr(json_text: str) -> list[IPv4Interface | IPv6Interface]:

@@ -1,4 +1,7 @@
-"""A fake of the OS seam (ikto.wg.Wg): records every call, holds peers like WireGuard would."""
+"""A fake of the OS seam (ikto.wg.WgApi): records every call, holds peers like WireGuard would.
+
+Typed against the real seam's Protocol (mypy checks it in `make lint`), so it cannot drift.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ikto import keys
-from ikto.models import Plan, WgDevice, WgPeer
+from ikto.ipam import Interface
+from ikto.models import Link, Plan, WgDevice, WgPeer
 from ikto.reconcile import applied
+from ikto.wg import WgApi
 
 
 class FakeWg:
@@ -17,18 +22,27 @@ class FakeWg:
         self.dev = dev
         self.calls: list[tuple[str, Any]] = []
         self.up_ = False
+        self.link_up = False
+        self.mtu = 1420
+        self.listen_port = 0
+        self.key = ""
         self.peers: dict[str, WgPeer] = {}
-        self.addrs: list[Any] = []
+        self.addrs: list[Interface] = []
 
     def public_key(self, private_b64: str) -> str:
-        return keys.public_key(private_b64)
+        self.key = keys.public_key(private_b64)
+        return self.key
+
+    def link(self) -> Link | None:
+        return Link(self.dev, self.link_up, self.mtu) if self.up_ else None
 
     def exists(self) -> bool:
         return self.up_
 
     def up(self, conf_path: Path) -> None:
         self.calls.append(("up", conf_path))
-        self.up_ = True
+        self.up_ = self.link_up = True
+        self.listen_port = 51820
 
     def down(self, conf_path: Path) -> None:
         self.calls.append(("down", conf_path))
@@ -42,30 +56,42 @@ class FakeWg:
 
     def configure(self, listen_port: int, private_key_path: Path) -> None:
         self.calls.append(("configure", listen_port))
+        self.listen_port = listen_port
 
-    def addresses(self) -> list[Any]:
+    def addresses(self) -> list[Interface]:
         return list(self.addrs)
 
-    def ensure_address(self, iface: Any, mtu: int | None) -> None:
-        if iface not in self.addrs:
-            self.addrs.append(iface)
+    def add_address(self, iface: Interface) -> None:
+        self.calls.append(("add_address", iface))
+        self.addrs.append(iface)
 
-    def remove_address(self, iface: Any) -> None:
+    def remove_address(self, iface: Interface) -> None:
+        self.calls.append(("remove_address", iface))
         self.addrs.remove(iface)
 
+    def set_link_up(self, mtu: int | None) -> None:
+        self.calls.append(("set_link_up", mtu))
+        self.link_up = True
+        if mtu is not None:
+            self.mtu = mtu
+
     def dump(self) -> WgDevice:
-        return WgDevice("pub", 51820, 0, dict(self.peers))
+        return WgDevice(self.key, self.listen_port, 0, dict(self.peers))
 
     def apply(self, plan: Plan) -> None:
         self.calls.append(("apply", plan))
         applied(plan, self.peers)
 
-    def syncconf(self, text: str) -> None:
-        self.calls.append(("syncconf", len(text)))
+    def syncconf(self, wg_conf_text: str) -> None:
+        self.calls.append(("syncconf", len(wg_conf_text)))
         raise NotImplementedError("tests keep plans below the syncconf threshold")
 
     def applies(self) -> list[Plan]:
         return [c[1] for c in self.calls if c[0] == "apply"]
+
+
+def _typed(fake: FakeWg) -> WgApi:
+    return fake  # mypy: FakeWg must satisfy the real seam's Protocol
 
 
 async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
