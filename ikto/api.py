@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from ikto import views
 from ikto.errors import IktoError
 
 if TYPE_CHECKING:
@@ -32,32 +33,24 @@ def _agent(request: web.Request) -> Agent:
 
 
 async def _node(request: web.Request) -> web.Response:
-    return web.json_response(_agent(request).node())
+    return web.json_response(views.node(_agent(request)))
 
 
 async def _health(request: web.Request) -> web.Response:
-    h = _agent(request).health()
+    h = views.health(_agent(request))
     return web.json_response(h, status=200 if h["ok"] else 503)
 
 
 async def _peers(request: web.Request) -> web.Response:
-    return web.json_response(await _agent(request).peers_view())
+    return web.json_response(await views.peers(_agent(request)))
 
 
 async def _rejected(request: web.Request) -> web.Response:
-    return web.json_response(_agent(request).rejected_view())
+    return web.json_response(views.rejected(_agent(request)))
 
 
 async def _status(request: web.Request) -> web.Response:
-    a = _agent(request)
-    return web.json_response(
-        {
-            "node": a.node(),
-            "health": a.health(),
-            "peers": await a.peers_view(),
-            "rejected": a.rejected_view(),
-        }
-    )
+    return web.json_response(await views.status(_agent(request)))
 
 
 async def _leave(request: web.Request) -> web.Response:

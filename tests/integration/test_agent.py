@@ -9,7 +9,7 @@ from ipaddress import ip_network
 import pytest
 from fakes import until
 
-from ikto import ipam, keys
+from ikto import ipam, keys, views
 from ikto.agent import Agent
 from ikto.api import call
 from ikto.store import StoreError
@@ -64,7 +64,7 @@ async def test_snapshot_applied_in_one_call_and_bad_entries_skipped(running, ope
     agent, wg = await running()
     await until(lambda: len(wg.peers) == len(good))
     assert len(wg.applies()) == 1
-    assert {r["key"] for r in agent.rejected_view()} >= {bad_key}
+    assert {r["key"] for r in views.rejected(agent)} >= {bad_key}
     # the agent keeps going after bad input: a later good entry still arrives
     late = entry("fd10:500::/48")
     await store.put(ipam.peer_key(ip_network("fd10:500::/48")), json.dumps(late).encode())
@@ -83,7 +83,7 @@ async def test_v03_entry_accepted_and_ours_readable_by_v03(running, open_store):
 
 async def test_restart_same_key_keeps_address_and_no_churn(running, open_store, make_config, nats_server):
     agent, wg = await running("fd10:bb::")
-    rev = agent.revision
+    rev = agent.membership.revision
     other = entry("fd10:cc::/48")
     store = await open_store()
     await store.put(ipam.peer_key(ip_network("fd10:cc::/48")), json.dumps(other).encode())
@@ -93,9 +93,9 @@ async def test_restart_same_key_keeps_address_and_no_churn(running, open_store, 
     a2 = Agent(agent.config, agent.config_path, wg=wg)
     n_calls = len(wg.calls)
     t = asyncio.create_task(a2.run())
-    await until(lambda: a2.snapshot_done)
+    await until(lambda: a2.follower.snapshot_done)
     await asyncio.sleep(0.3)
-    assert a2.self_peer.allowed_ip == agent.self_peer.allowed_ip and a2.revision > rev
+    assert a2.self_peer.allowed_ip == agent.self_peer.allowed_ip and a2.membership.revision > rev
     assert [c for c in wg.calls[n_calls:] if c[0] in ("apply", "up", "down", "delete")] == []
     a2.stop()
     await t
@@ -134,9 +134,9 @@ async def test_leave_after_our_revision_moved_still_removes_our_entry(running, o
     store = await open_store()
     cur = await store.get(key)
     assert cur is not None
-    stale = agent.revision
+    stale = agent.membership.revision
     await store.update(key, cur.value, cur.revision)  # what a heartbeat does
-    agent.revision = stale
+    agent.membership.revision = stale
     await agent.leave(False)
     assert await store.get(key) is None
     assert agent._stop.is_set()
@@ -151,7 +151,7 @@ async def test_a_failed_leave_leaves_the_node_running(running, monkeypatch):
     monkeypatch.setattr(agent.store, "delete", refuse)
     with pytest.raises(StoreError):
         await agent.leave(False)
-    assert not agent._leaving and not agent._stop.is_set()  # heartbeats go on
+    assert not agent.membership.leaving and not agent._stop.is_set()  # heartbeats go on
 
 
 async def test_leave_never_deletes_another_nodes_entry(running, open_store):
@@ -168,9 +168,9 @@ async def test_leave_never_deletes_another_nodes_entry(running, open_store):
 
 
 async def test_rendered_file_follows_the_mesh_and_is_flushed_on_stop(running, open_store, monkeypatch):
-    import ikto.agent
+    import ikto.filewriter
 
-    monkeypatch.setattr(ikto.agent, "WRITE_QUIET", 0.2)
+    monkeypatch.setattr(ikto.filewriter, "WRITE_QUIET", 0.2)
     agent, wg = await running("fd10:ef::")
     path = agent.config.wg_config_path
     store = await open_store()
@@ -179,7 +179,7 @@ async def test_rendered_file_follows_the_mesh_and_is_flushed_on_stop(running, op
     await until(lambda: path.exists() and e["public_key"] in path.read_text(), 5)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     # a change just before stopping is still written: a reboot restores the latest mesh
-    monkeypatch.setattr(ikto.agent, "WRITE_QUIET", 60)
+    monkeypatch.setattr(ikto.filewriter, "WRITE_QUIET", 60)
     late = entry("fd10:ef:2::/48", name="late")
     await store.put(ipam.peer_key(ip_network("fd10:ef:2::/48")), json.dumps(late).encode())
     await until(lambda: late["public_key"] in wg.peers)

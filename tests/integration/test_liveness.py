@@ -13,7 +13,7 @@ from badinputs import BAD_VALUES
 from fakes import until
 from test_agent import entry
 
-from ikto import ipam, keys
+from ikto import ipam, keys, views
 from ikto.claim import claim
 from ikto.models import Peer
 from ikto.store import StoreError
@@ -99,7 +99,7 @@ async def test_silent_peer_is_stale_then_removed_then_back(agents, open_store):
         key = ipam.peer_key(ip_network(silent["allowed_ip"]))
         assert key in agent.mesh.entries  # the entry itself is never deleted by us
         # a watch rebuild (e.g. after a reconnect) does not give the dead peer a fresh grace
-        agent._request_rebuild("test")
+        agent.follower.rebuild("test")
         await asyncio.sleep(3)
         assert silent["public_key"] not in wg.peers and key in agent.mesh.expired
         await put_entry(store, silent)  # it speaks again
@@ -110,14 +110,10 @@ async def test_silent_peer_is_stale_then_removed_then_back(agents, open_store):
 
 
 def _view(agent):
-    """The liveness part of the agent's peers view (without asking WireGuard)."""
-    out = []
-    for k in agent.mesh.entries:
-        if k == agent.mesh.spec.self_key:
-            continue
-        t = agent.mesh.silent_for(k, agent._grace_floor)
-        out.append({"state": "stale" if t is not None and t > agent.config.stale_after else "ok"})
-    return out
+    """The liveness part of the agent's peers view (without asking WireGuard): the agent's own
+    verdicts, from the same functions the admin API uses."""
+    keys = [k for k in agent.mesh.entries if k != agent.mesh.spec.self_key]
+    return [{"state": agent.vitals.verdict(k, in_wireguard=True).state} for k in keys]
 
 
 async def test_when_most_peers_look_silent_none_is_removed(agents, open_store):
@@ -204,5 +200,5 @@ async def test_every_bad_value_is_skipped_and_reported(agents, open_store):
     good = entry("fd10:fff::/48")
     await put_entry(store, good)
     await until(lambda: good["public_key"] in wg.peers)
-    assert len(agent.rejected_view()) >= len(BAD_VALUES) - 1
+    assert len(views.rejected(agent)) >= len(BAD_VALUES) - 1
     assert len(wg.peers) == 1

@@ -1,0 +1,164 @@
+"""Applying the mesh to WireGuard: batches of touched peers, a periodic full comparison with
+`wg show dump`, and the removal hold after a snapshot. The only part that changes peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from ikto.log import fields
+from ikto.models import PeerWant, Plan, WgPeer
+from ikto.reconcile import applied, diff
+from ikto.wg import WgApi, WgError
+
+log = logging.getLogger("ikto.agent")
+
+# Above this many changes one `wg syncconf` of the whole mesh beats `wg set` batches
+# (cold start: wireguard-go does the diffing itself, in one call).
+SYNCCONF_THRESHOLD = 2000
+RESYNC_SECONDS = 60.0  # full comparison with `wg show dump`, ± 20 % jitter
+BURST_WINDOW = 0.05  # an apply that follows another within this window waits…
+BURST_WAIT = 0.005  # …this long, so a storm is applied in few `wg` calls
+LOG_EACH_UP_TO = 50  # plans larger than this log one summary line
+_VERB = {"add": "peer joined", "change": "peer changed", "remove": "peer left"}
+
+Wanted = Callable[[Iterable[str] | None], Mapping[str, PeerWant]]
+
+
+class Applier:
+    """Owns WireGuard's peers as last observed, the pending changes and the apply counters.
+
+    `wanted(keys)` gives the desired state of those public keys (all known ones for None);
+    `syncconf_text()` the whole mesh in wg(8) format; `ensure_interface()` (blocking) brings
+    the interface back if it is gone; `on_applied()` is told after every successful apply.
+    """
+
+    def __init__(
+        self,
+        wg: WgApi,
+        wanted: Wanted,
+        syncconf_text: Callable[[], str],
+        ensure_interface: Callable[[], object],
+        on_applied: Callable[[], None],
+    ) -> None:
+        self._wg = wg
+        self._wanted = wanted
+        self._syncconf_text = syncconf_text
+        self._ensure_interface = ensure_interface
+        self._on_applied = on_applied
+        self.observed: dict[str, WgPeer] = {}
+        self.wg_calls = 0
+        self.apply_errors = 0
+        self.last_full_reconcile: float | None = None  # wall clock
+        self.ready = False  # full comparisons start after the first snapshot
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._resync = asyncio.Event()
+        self._hold_until = 0.0  # loop time
+
+    def mark(self, public_keys: Iterable[str]) -> None:
+        """These peers may need a change: compare and apply them soon, in one batch."""
+        self._dirty.update(public_keys)
+        if self._dirty:
+            self._wake.set()
+
+    def resync_soon(self) -> None:
+        """Run a full comparison shortly (after an error, or when a hold ends)."""
+        self._resync.set()
+
+    def hold_removals(self, seconds: float) -> None:
+        """Full comparisons may add and change but not remove for this long; then one runs.
+
+        A fresh snapshot can be short of entries (a wiped bucket whose nodes have not
+        re-asserted yet; a cluster replica that is behind right after a leader change), and
+        live nodes write within a heartbeat, so only the ones really gone get removed. A
+        delete the watch delivers is authoritative and applies at once.
+        """
+        loop = asyncio.get_running_loop()
+        self._hold_until = loop.time() + seconds
+        loop.call_at(self._hold_until + 0.5, self._resync.set)
+
+    async def run(self) -> None:
+        """Apply marked peers in batches, and compare everything about every minute."""
+        await asyncio.gather(self._apply_loop(), self._resync_loop())
+
+    async def _apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_end = 0.0
+        while True:
+            await self._wake.wait()
+            if loop.time() - last_end < BURST_WINDOW:
+                await asyncio.sleep(BURST_WAIT)
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            await self._apply(dirty)
+            last_end = loop.time()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            delay = RESYNC_SECONDS * random.uniform(0.8, 1.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync.wait(), delay)
+                await asyncio.sleep(1.0)  # let a burst of repairs settle
+            self._resync.clear()
+            if self.ready:
+                await self.full_reconcile()
+
+    async def full_reconcile(self) -> None:
+        """Compare the whole mesh with `wg show dump` and repair any drift."""
+        try:
+            await asyncio.to_thread(self._ensure_interface)
+            dev = await asyncio.to_thread(self._wg.dump)
+        except WgError as e:
+            log.error("reading WireGuard failed", extra=fields(error=e))
+            return
+        async with self._lock:
+            self.observed = dict(dev.peers)
+        self._dirty.clear()
+        await self._apply(None)
+        self.last_full_reconcile = time.time()
+
+    async def _apply(self, public_keys: set[str] | None) -> None:
+        """Apply the difference for these peers (or all) in one `wg` call."""
+        async with self._lock:
+            plan = diff(self._wanted(public_keys), self.observed, public_keys)
+            if public_keys is None and plan.remove and asyncio.get_running_loop().time() < self._hold_until:
+                plan = plan.without_removals()
+            if not plan:
+                return
+            t0 = time.perf_counter()
+            try:
+                if len(plan) > SYNCCONF_THRESHOLD:
+                    await asyncio.to_thread(self._wg.syncconf, self._syncconf_text())
+                else:
+                    await asyncio.to_thread(self._wg.apply, plan)
+            except WgError as e:
+                self.apply_errors += 1
+                log.error("applying peers failed; will retry with a full resync", extra=fields(error=e))
+                self._resync.set()
+                return
+            self.wg_calls += 1
+            _log_plan(plan, (time.perf_counter() - t0) * 1000)
+            applied(plan, self.observed)
+            self._on_applied()
+
+
+def _log_plan(plan: Plan, ms: float) -> None:
+    if len(plan) > LOG_EACH_UP_TO:
+        log.info("applied peers", extra=fields(set=len(plan.set), removed=len(plan.remove), ms=round(ms, 1)))
+        return
+    for c in plan.changes:
+        new = c.new
+        log.info(
+            _VERB[c.kind],
+            extra=fields(
+                name=c.name, public_key=c.public_key,
+                allowed_ip=",".join(new.allowed_ips) if new else None,
+                endpoint=new.endpoint if new else None, why=c.why, ms=round(ms, 1),
+            ),
+        )

@@ -1,0 +1,199 @@
+"""Our own entry in the bucket: claimed at start, rewritten every heartbeat, put back when it
+is lost, moved when another node holds our address, removed when we leave."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+
+from ikto import entry, ipam
+from ikto.claim import claim
+from ikto.config import Config
+from ikto.errors import IktoError
+from ikto.events import Event, HeartbeatWritten, Moved, RebuildWatch
+from ikto.files import write_atomic
+from ikto.log import fields
+from ikto.models import Peer
+from ikto.store import BucketNotFoundError, RevisionMismatchError, Store, StoreError
+
+log = logging.getLogger("ikto.agent")
+
+
+class Removal(StrEnum):
+    REMOVED = "removed"
+    ABSENT = "absent"  # nothing there
+    NOT_OURS = "not ours"  # another node holds the key now: left alone
+
+
+async def remove_entry(store: Store, key: str, public_key: str, revision: int | None) -> Removal:
+    """Delete our entry only while it is ours: with its revision, re-read when that moved.
+
+    Used by the agent's leave and by `ikto leave -c` alike.
+    """
+    for _ in range(3):
+        if revision is None:
+            cur = await store.get(key)
+            if cur is None:
+                return Removal.ABSENT
+            if entry.owner(cur.value) != public_key:
+                return Removal.NOT_OURS
+            revision = cur.revision
+        try:
+            await store.delete(key, revision)
+            return Removal.REMOVED
+        except RevisionMismatchError:
+            revision = None  # a heartbeat or another writer moved it: read it again
+    raise IktoError(f"could not remove our entry {key}: it kept changing; try again")
+
+
+class Membership:
+    """Owns our entry: its peer value, its revision, and the one writer lock."""
+
+    def __init__(
+        self, config: Config, config_path: Path | None, public_key: str, emit: Callable[[Event], None]
+    ) -> None:
+        assert config.advertise_address is not None
+        self.config = config
+        self._config_path = config_path
+        self.public_key = public_key
+        self.peer = Peer(config.name, public_key, config.advertise_address, config.subnet, config.wg_port)
+        self.revision = 0
+        self.leaving = False
+        self._emit = emit
+        self._store: Store | None = None
+        self._lock = asyncio.Lock()  # one writer of our entry at a time: heartbeat, leave
+        self._poke = asyncio.Event()
+
+    @property
+    def key(self) -> str:
+        return ipam.peer_key(self.peer.allowed_ip)
+
+    def attach(self, store: Store) -> None:
+        self._store = store
+
+    def poke(self) -> None:
+        """Heartbeat now (our entry was deleted, overwritten, or we reconnected)."""
+        self._poke.set()
+
+    def seen(self, value: bytes | None, revision: int) -> None:
+        """The watch delivered our key."""
+        if self.leaving:
+            return
+        if value is None:
+            log.warning("our entry was deleted; putting it back", extra=fields(key=self.key))
+            self.poke()
+        elif entry.owner(value) == self.public_key:
+            self.revision = revision
+        else:
+            log.error("our address was overwritten by another node's entry",
+                      extra=fields(key=self.key, revision=revision))
+            self.poke()
+
+    async def claim(self) -> None:
+        """Write our entry (moving if our address is taken); StoreError if NATS fails."""
+        assert self._store is not None
+        c = self.config
+        peer, rev = await claim(
+            self._store, self.peer, mesh=c.mesh_cidr, prefix=c.subnet_prefix,
+            pinned=c.address_pinned, reclaim_after=c.reclaim_after,
+        )
+        moved = peer.allowed_ip != self.peer.allowed_ip
+        if moved:
+            self._persist(peer)
+        self.peer, self.revision = peer, rev
+        log.info("claimed address", extra=fields(allowed_ip=str(peer.allowed_ip), revision=rev, key=self.key))
+        if moved:
+            self._emit(Moved(peer, self.config))
+
+    def _persist(self, peer: Peer) -> None:
+        """Save the address we moved to in the config file, so a restart keeps it."""
+        log.warning("address taken; moved to a new one",
+                    extra=fields(old=str(self.peer.allowed_ip), new=str(peer.allowed_ip)))
+        if self._config_path is not None:
+            data = json.loads(self._config_path.read_text(encoding="utf-8"))
+            data["private_address"] = str(peer.allowed_ip.network_address)
+            write_atomic(self._config_path, json.dumps(data, indent=2) + "\n")
+        self.config = self.config.model_copy(update={"private_address": peer.allowed_ip.network_address})
+
+    async def run(self) -> None:
+        """Every heartbeat_interval (± 20 %), or when poked: rewrite our entry."""
+        while True:
+            delay = self.config.heartbeat_interval * random.uniform(0.8, 1.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), delay)
+            self._poke.clear()
+            if self._store is not None and self._store.connected and not self.leaving:
+                await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """Rewrite our entry with its revision; if it disappeared or changed under us, put it
+        back. The store can lose acknowledged writes and anyone with rights may delete it:
+        this is how it comes back."""
+        async with self._lock:
+            if self.leaving:  # a leave that won the lock has removed the entry for good
+                return
+            try:
+                rev = await self._rewrite()
+            except BucketNotFoundError as e:
+                log.warning("heartbeat failed: the bucket is gone", extra=fields(key=self.key, error=e))
+                await self._reopen_bucket()
+                return
+            except StoreError as e:
+                log.warning("heartbeat failed", extra=fields(key=self.key, error=e))
+                return
+        if rev is not None:
+            self.revision = rev
+            self._emit(HeartbeatWritten(rev))
+
+    async def _rewrite(self) -> int | None:
+        assert self._store is not None
+        store, key, value, ttl = self._store, self.key, entry.encode(self.peer), self.config.reclaim_after
+        try:
+            return await store.update(key, value, self.revision, ttl=ttl)
+        except RevisionMismatchError:
+            pass
+        cur = await store.get(key)
+        if cur is None:
+            log.warning("our entry was missing; putting it back", extra=fields(key=key))
+            return await store.create(key, value, ttl=ttl)
+        if entry.owner(cur.value) == self.public_key or self.config.address_pinned:
+            if entry.owner(cur.value) != self.public_key:
+                log.error("another node wrote our pinned address; putting ours back",
+                          extra=fields(key=key, revision=cur.revision))
+            return await store.update(key, value, cur.revision, ttl=ttl)
+        # Another node holds our key: it reclaimed the address while we were silent (or
+        # someone wrote it by hand). Fighting over it would flap both nodes; we move instead.
+        log.error("our address is now held by another node; moving to a new one",
+                  extra=fields(key=key, revision=cur.revision))
+        await self.claim()
+        self._emit(RebuildWatch("we moved to a new address"))
+        return None
+
+    async def _reopen_bucket(self) -> None:
+        assert self._store is not None
+        c = self.config
+        with contextlib.suppress(StoreError):
+            await self._store.open_bucket(c.nats_kv, create=c.create_bucket, replicas=c.bucket_replicas)
+            self._emit(RebuildWatch("the bucket was gone"))
+
+    async def leave(self) -> None:
+        """Remove our entry (only while it is ours); heartbeats stop for good if it worked."""
+        if self._store is None or not self._store.connected:
+            raise IktoError("not connected to NATS: cannot remove our entry now")
+        self.leaving = True
+        try:
+            async with self._lock:  # a heartbeat in flight finishes first (it moves our revision)
+                outcome = await remove_entry(self._store, self.key, self.public_key, self.revision or None)
+        except BaseException:
+            self.leaving = False  # a failed leave leaves the node as it was: heartbeats go on
+            raise
+        if outcome is Removal.NOT_OURS:
+            log.warning("our address is held by another node now; leaving its entry alone",
+                        extra=fields(key=self.key))
+        log.info("left the mesh", extra=fields(key=self.key, allowed_ip=str(self.peer.allowed_ip)))

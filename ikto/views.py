@@ -1,0 +1,96 @@
+"""What the admin API shows: the agent's parts read into plain JSON-ready values."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from ikto import ipam
+
+if TYPE_CHECKING:
+    from ikto.agent import Agent
+
+
+def node(agent: Agent) -> dict[str, Any]:
+    """This node: its entry, interface address, device, bucket key and revision."""
+    m = agent.membership
+    return {
+        **m.peer.to_entry(),
+        "address": str(agent.config.interface_address),
+        "dev": agent.config.wg_dev_name,
+        "key": m.key,
+        "revision": m.revision,
+    }
+
+
+def health(agent: Agent) -> dict[str, Any]:
+    """Connected, snapshot loaded, and the counters an operator checks first."""
+    connected = agent.store is not None and agent.store.connected
+    done = agent.follower.snapshot_done
+    a = agent.applier
+    return {
+        "ok": connected and done,
+        "nats_connected": connected,
+        "snapshot_loaded": done,
+        "peers_wanted": len(agent.mesh.peers()),
+        "peers_in_wireguard": len(a.observed),
+        "rejected_entries": len(agent.mesh.rejected),
+        "wg_calls": a.wg_calls,
+        "apply_errors": a.apply_errors,
+        "last_full_reconcile": a.last_full_reconcile,
+        "uptime_s": round(time.time() - agent.started, 1),
+    }
+
+
+async def peers(agent: Agent) -> list[dict[str, Any]]:
+    """The bucket's peers joined with WireGuard's live view and their liveness."""
+    dev = await asyncio.to_thread(agent.wg.dump)
+    mesh = agent.mesh
+    now = time.time()
+    known = {p.public_key: p for p in mesh.peers()}
+    for k in mesh.expired:
+        if k in mesh.entries:
+            p = mesh.entries[k][1]
+            known.setdefault(p.public_key, p)
+    out = []
+    for p in sorted(known.values(), key=lambda p: (p.allowed_ip.version, p.allowed_ip)):
+        key = ipam.peer_key(p.allowed_ip)
+        wp = dev.peers.get(p.public_key)
+        hs = wp.latest_handshake if wp else 0
+        silent = agent.vitals.silence(key)
+        verdict = agent.vitals.verdict(key, wp is not None)
+        out.append(
+            {
+                **p.to_entry(),
+                "state": str(verdict.state),
+                "evidence": verdict.evidence and str(verdict.evidence),
+                "in_wireguard": wp is not None,
+                "silent_s": None if silent is None else round(silent),
+                "endpoint": wp.endpoint if wp else None,
+                "latest_handshake": hs,
+                "handshake_age_s": round(now - hs) if hs else None,
+                "rx_bytes": wp.rx_bytes if wp else 0,
+                "tx_bytes": wp.tx_bytes if wp else 0,
+            }
+        )
+    return out
+
+
+def rejected(agent: Agent) -> list[dict[str, Any]]:
+    """Entries skipped (with the reason), and public-key conflicts lost."""
+    mesh = agent.mesh
+    out: list[dict[str, Any]] = [
+        {"key": r.key, "revision": r.revision, "reason": r.reason}
+        for r in sorted(mesh.rejected.values(), key=lambda r: r.key)
+    ]
+    for key, winner in sorted(mesh.losers().items()):
+        reason = f"public key already used by {winner}"
+        out.append({"key": key, "revision": mesh.revision_of(key), "reason": reason})
+    return out
+
+
+async def status(agent: Agent) -> dict[str, Any]:
+    """Everything `ikto status` prints."""
+    listed = await peers(agent)
+    return {"node": node(agent), "health": health(agent), "peers": listed, "rejected": rejected(agent)}
