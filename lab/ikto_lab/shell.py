@@ -1,4 +1,7 @@
-"""The lab's only seam to the OS: every command it runs goes through run() or spawn()."""
+"""The one command runner of the lab, the tests and the benchmarks: run(), spawn(), interactive().
+
+Each logs its argv (at debug) and raises CommandError when a command fails, is missing or hangs.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +29,16 @@ class LabUsageError(UsageError):
 
 
 class CommandError(LabError):
-    """A command exited non-zero; carries its argv, exit code and stderr."""
+    """A command failed: exited non-zero, was not found (127) or timed out (None); argv, code, stderr."""
 
-    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+    def __init__(
+        self, argv: Sequence[str], returncode: int | None, stderr: str, message: str | None = None
+    ) -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr.strip()
         detail = self.stderr.splitlines()[-1] if self.stderr else "no output"
-        super().__init__(f"{argv[0]} exited {returncode}: {detail} (ran: {shlex.join(argv)})")
+        super().__init__(message or f"{argv[0]} exited {returncode}: {detail} (ran: {shlex.join(argv)})")
 
 
 def run(
@@ -45,7 +50,8 @@ def run(
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv, capture its output as text; raise CommandError if check and it fails."""
-    log.debug("[#] %s", shlex.join(argv))
+    if log.isEnabledFor(logging.DEBUG):  # benchmarks time calls with hundreds of arguments
+        log.debug("[#] %s", shlex.join(argv))
     try:
         cp = subprocess.run(
             list(argv),
@@ -58,9 +64,10 @@ def run(
             cwd="/",
         )
     except FileNotFoundError:
-        raise LabError(f"{argv[0]}: command not found (run `make deps` to install it)") from None
+        raise _not_found(argv) from None
     except subprocess.TimeoutExpired:
-        raise LabError(f"{argv[0]} did not finish in {timeout:g} s (ran: {shlex.join(argv)})") from None
+        msg = f"{argv[0]} did not finish in {timeout:g} s (ran: {shlex.join(argv)})"
+        raise CommandError(argv, None, "", msg) from None
     if check and cp.returncode != 0:
         raise CommandError(argv, cp.returncode, cp.stderr or cp.stdout)
     return cp
@@ -83,7 +90,7 @@ def spawn(
                 cwd="/",
             )
         except FileNotFoundError:
-            raise LabError(f"{argv[0]}: command not found (run `make deps`)") from None
+            raise _not_found(argv) from None
 
 
 def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
@@ -92,7 +99,11 @@ def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
     try:
         return subprocess.call(list(argv), env=dict(env) if env is not None else None)
     except FileNotFoundError:
-        raise LabError(f"{argv[0]}: command not found") from None
+        raise _not_found(argv) from None
+
+
+def _not_found(argv: Sequence[str]) -> CommandError:
+    return CommandError(argv, 127, "", f"{argv[0]}: command not found (run `make deps` to install it)")
 
 
 def env_with_path(*dirs: str) -> dict[str, str]:

@@ -282,7 +282,9 @@ class VagrantLab(LabDriver):
             return
         try:
             self._refresh_ssh_config()
-        except CommandError:
+        except CommandError as e:
+            if e.returncode in (None, 127):  # vagrant hung or is missing: say so
+                raise
             return  # no VM is running: nothing to reset
         self._reset()
         self.close()

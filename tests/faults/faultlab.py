@@ -8,7 +8,6 @@ Needs root, wireguard-go and faketime: it fails, never skips, without them.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -24,9 +23,6 @@ import pytest
 
 from ikto.models import WgDevice
 from ikto_lab import LabError, LabUsageError, NamespaceLab, process
-from ikto_lab.nats import MONITOR_PORT
-from ikto_lab.shell import run
-from ikto_lab.state import read_pid
 
 STATE_DIR = Path(os.environ.get("IKTO_FAULTS_STATE_DIR", "/run/ikto-faults"))
 # remove_after must outlast a JetStream failover: after the stream leader is killed some
@@ -47,7 +43,7 @@ class FaultLab(NamespaceLab):
 
     def kill_nats_server(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send sig to one nats-server and wait until it is gone (its store stays)."""
-        pid = read_pid(self.nats_server(name).pidfile)
+        pid = self.nats_server(name).pid
         if pid is None:
             return
         process.signal_pids([pid], sig)
@@ -57,13 +53,11 @@ class FaultLab(NamespaceLab):
     def nats_monitor(self, path: str) -> dict[str, Any]:
         """GET a monitoring endpoint (e.g. `jsz?streams=true&accounts=true`) of the first live server."""
         for s in self.nats_servers():
-            pid = read_pid(s.pidfile)
+            pid = s.pid
             if pid is None or not process.alive(pid):
                 continue
-            url = f"http://{s.address}:{MONITOR_PORT}/{path}"
-            cp = run(["ip", "netns", "exec", s.netns, "curl", "-sf", "-m", "2", url], check=False)
-            if cp.returncode == 0:
-                data: dict[str, Any] = json.loads(cp.stdout)
+            data = s.monitor(path)
+            if isinstance(data, dict):
                 return data
         raise LabError(f"no nats-server answered /{path}")
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from natsserver import NatsServer, binary_version, server_binary
 
 from ikto.config import Config, load_config
 from ikto.keys import write_private_key
 from ikto.store import Store
+from ikto_lab.nats import NatsServer, find_binary
+from ikto_lab.shell import LabError
 
 BUCKET = "ikto-test"
 
@@ -31,15 +32,14 @@ def nats_server_factory(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., NatsServer]]:
     """Start extra servers of this test's version: factory(extra_args=[...])."""
-    binary = server_binary(request.param)
-    version = binary_version(binary)
-    if not version.startswith(request.param + "."):
-        pytest.fail(f"{binary} is nats-server {version}, expected {request.param}.x", pytrace=False)
+    try:
+        binary = find_binary(request.param)  # never skip: a missing version fails the test
+    except LabError as e:
+        pytest.fail(str(e), pytrace=False)
     servers: list[NatsServer] = []
 
     def factory(extra_args: list[str] | None = None) -> NatsServer:
-        base = tmp_path_factory.mktemp("nats")
-        server = NatsServer(binary, version, base / "jetstream", extra_args=list(extra_args or []))
+        server = NatsServer.loopback(tmp_path_factory.mktemp("nats"), binary=binary, args=extra_args)
         servers.append(server)
         server.start()
         return server
@@ -47,7 +47,7 @@ def nats_server_factory(
     yield factory
     for server in servers:
         server.stop(kill=True)
-        shutil.rmtree(server.store_dir, ignore_errors=True)
+        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture
