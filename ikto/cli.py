@@ -306,6 +306,7 @@ def leave(
 
 
 async def _leave_direct(config_path: Path, down: bool) -> None:
+    from ikto.membership import Removal, remove_entry
     from ikto.store import Store
     from ikto.wg import Wg
 
@@ -317,15 +318,13 @@ async def _leave_direct(config_path: Path, down: bool) -> None:
     store = await Store.connect(cfg, name=f"ikto-leave {cfg.name}")
     try:
         await store.open_bucket(cfg.nats_kv, create=False)
-        cur = await store.get(key)
-        if cur is None:
-            print(f"ikto: no entry at {key}; nothing to remove", file=sys.stderr)
-        elif json.loads(cur.value or b"{}").get("public_key") != pub:
-            raise UsageError(f"the entry at {key} belongs to another node now; not removing it")
-        else:
-            await store.delete(key, cur.revision)
+        outcome = await remove_entry(store, key, pub, None)
     finally:
         await store.close()
+    if outcome is Removal.ABSENT:
+        print(f"ikto: no entry at {key}; nothing to remove", file=sys.stderr)
+    elif outcome is Removal.NOT_OURS:
+        raise UsageError(f"the entry at {key} belongs to another node now; not removing it")
     if down:
         await asyncio.to_thread(Wg(cfg.wg_dev_name).down, cfg.wg_config_path)
 
