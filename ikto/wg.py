@@ -3,7 +3,7 @@
 Every call goes through one Runner, logs its argv like wg-quick does (`[#] wg set ...`)
 and raises WgError carrying argv, exit code and stderr. Calls are synchronous: the agent
 runs them in a worker thread (`sh` with `_async=True` stalls >= 1 s on a few % of calls).
-Parsing (`parse_dump`, `parse_ip_addr`) is pure and separate from deciding commands.
+Parsing their output is pure and lives apart, in wgfacts.py (re-exported here).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from ipaddress import (
     IPv6Address,
     IPv6Interface,
     ip_address,
-    ip_interface,
 )
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +30,8 @@ import sh
 from ikto.errors import IktoError
 from ikto.ipam import Interface
 from ikto.keys import is_valid_public_key
-from ikto.models import Link, PeerConfig, Plan, WgDevice, WgPeer
+from ikto.models import Link, PeerConfig, Plan, WgDevice
+from ikto.wgfacts import parse_dump, parse_ip_addr, parse_ip_link
 
 log = logging.getLogger(__name__)
 
@@ -305,62 +305,6 @@ def plan_args(plan: Plan, chunk: int = CHUNK_PEERS) -> Iterator[list[str]]:
     ops += [peer_args(p) for p in plan.set]
     for i in range(0, len(ops), chunk):
         yield [a for op in ops[i : i + chunk] for a in op]
-
-
-def _int(field: str) -> int:
-    return 0 if field in ("off", "(none)", "") else int(field, 0)
-
-
-def parse_dump(text: str) -> WgDevice:
-    """Parse `wg show <dev> dump`: the interface line, then one line per peer."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError("empty `wg show dump` output")
-    iface = lines[0].split("\t")
-    if len(iface) != 4:
-        raise ValueError(f"unexpected interface line in `wg show dump`: {len(iface)} fields")
-    _private, public, port, fwmark = iface  # the private key is dropped on purpose
-    peers: dict[str, WgPeer] = {}
-    for ln in lines[1:]:
-        f = ln.split("\t")
-        if len(f) != 8:
-            raise ValueError(f"unexpected peer line in `wg show dump`: {len(f)} fields")
-        key, _psk, endpoint, allowed, handshake, rx, tx, keepalive = f
-        peers[key] = WgPeer(
-            public_key=key,
-            endpoint=None if endpoint == "(none)" else endpoint,
-            allowed_ips=() if allowed == "(none)" else tuple(allowed.split(",")),
-            latest_handshake=_int(handshake),
-            rx_bytes=_int(rx),
-            tx_bytes=_int(tx),
-            persistent_keepalive=_int(keepalive),
-        )
-    return WgDevice(
-        public_key="" if public == "(none)" else public,
-        listen_port=_int(port),
-        fwmark=_int(fwmark),
-        peers=peers,
-    )
-
-
-def parse_ip_link(json_text: str, dev: str) -> Link | None:
-    """Parse `ip -j link show dev DEV`: the link's state, or None if it is not listed."""
-    for link in json.loads(json_text) if json_text.strip() else []:
-        if link.get("ifname") == dev:
-            return Link(dev, "UP" in link.get("flags", ()), int(link.get("mtu", 0)))
-    return None
-
-
-def parse_ip_addr(json_text: str) -> list[IPv4Interface | IPv6Interface]:
-    """Parse `ip -j addr show`: every address of every listed link."""
-    if not json_text.strip():
-        return []
-    out: list[IPv4Interface | IPv6Interface] = []
-    for link in json.loads(json_text):
-        for a in link.get("addr_info", []):
-            if a.get("family") in ("inet", "inet6") and "local" in a:
-                out.append(ip_interface(f"{a['local']}/{a['prefixlen']}"))
-    return out
 
 
 def default_source_address(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from ikto.wg import parse_dump as parse_wg_dump
+from ikto.wgfacts import parse_dump as parse_wg_dump
 from ikto_lab.driver import parse_view
 from ikto_lab.facts import mounts_under
 

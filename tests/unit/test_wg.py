@@ -10,7 +10,8 @@ import pytest
 
 from ikto import wg
 from ikto.models import PeerConfig, Plan, WgPeer
-from ikto.wg import Wg, WgError, parse_dump, parse_ip_addr
+from ikto.wg import Wg, WgError
+from ikto.wgfacts import parse_dump, parse_ip_addr
 
 K1 = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 K2 = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
