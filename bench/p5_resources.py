@@ -55,9 +55,9 @@ async def one_size(n: int, runs: int, settle: float, idle: float, syncs: int) ->
     with c.sandbox("p5") as (ns, workdir, dev):
         async with c.rig_started(ns, workdir, dev) as rig:
             await rig.seed(n)
-            rss, wgo_rss, cpu, wgo_cpu, calls = [], [], [], [], []
+            rss, wgo_rss, cpu, wgo_cpu, calls, applied = [], [], [], [], [], []
             for _ in range(runs):
-                await cold_start(rig, n)
+                applied.append((await cold_start(rig, n))["wg_peers"] == n)
                 await asyncio.sleep(settle)
                 assert rig.agent.proc is not None
                 pid, wpid = rig.agent.proc.pid, c.wg_go_pid(dev)
@@ -88,6 +88,7 @@ async def one_size(n: int, runs: int, settle: float, idle: float, syncs: int) ->
             bare = bare_watcher_rss(rig.nats.url)
             out = {
                 "peers": n, "runs": runs, "settle_s": settle, "idle_s": idle,
+                "all_applied": all(applied),  # every cold start put all n peers into WireGuard
                 "agent_rss_mib": c.summary(rss),
                 "agent_idle_cpu_percent": c.summary(cpu),
                 "agent_wg_calls_while_idle": c.summary([float(x) for x in calls]),

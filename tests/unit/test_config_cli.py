@@ -36,15 +36,50 @@ def test_init_gives_a_loadable_config_with_a_good_key(tmp_path, mesh, prefix):
     assert r2.returncode == 0, r2.stderr
 
 
+# A stand-in for `ip` on PATH: records its argv, answers `ip -j route get` as the host would
+# with a default route (ROUTE) or without one (exit 2, "Network is unreachable").
+FAKE_IP = """#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls"
+case "$*" in
+  "-j route get "*) ;;
+  *) echo "fake ip: unexpected call: $*" >&2; exit 1 ;;
+esac
+if [ -n "$FAKE_IP_ROUTE" ]; then echo "$FAKE_IP_ROUTE"; exit 0; fi
+echo "RTNETLINK answers: Network is unreachable" >&2
+exit 2
+"""
+ROUTE = '[{"dst":"192.0.2.1","gateway":"198.18.0.254","dev":"eth0","prefsrc":"198.18.0.42","flags":[]}]'
+
+
+def init_with_fake_ip(tmp_path, route: str | None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`ikto init` to stdout with `ip` faked: route is what `ip -j route get` prints (None: no route)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ip").write_text(FAKE_IP)
+    (bin_dir / "ip").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_IP_ROUTE": route or ""}
+    r = ikto("init", "--private-key-path", str(tmp_path / "k"), "--name", "x", env=env)
+    calls = (bin_dir / "calls").read_text().splitlines() if (bin_dir / "calls").exists() else []
+    return r, calls
+
+
 def test_init_prints_to_stdout_and_defaults_advertise_from_route(tmp_path):
-    r = ikto("init", "--private-key-path", str(tmp_path / "k"), "--name", "x")
-    if r.returncode != 0:  # a host without a default route must say so clearly
-        assert r.stderr.startswith("ikto: ") and "--advertise-address" in r.stderr
-        return
+    r, calls = init_with_fake_ip(tmp_path, ROUTE)
+    assert r.returncode == 0, r.stderr
+    assert calls == ["-j route get 192.0.2.1"]
     data = json.loads(r.stdout)
     assert data["mesh_cidr"] == "fd10::/16" and data["subnet_prefix"] == 48
     assert data["wg_dev_name"] == "wg-ikto" and data["wg_port"] == 51820 and data["nats_kv"] == "ikto-mesh"
-    assert ip_address(data["advertise_address"])
+    assert ip_address(data["advertise_address"]) == ip_address("198.18.0.42")
+
+
+def test_init_without_a_default_route_says_to_pass_the_address(tmp_path):
+    r, calls = init_with_fake_ip(tmp_path, None)
+    assert calls == ["-j route get 192.0.2.1", "-j route get 2001:db8::1"]  # IPv4, then IPv6
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ikto: ") and "--advertise-address" in lines[0], r.stderr
+    assert r.stdout == ""
 
 
 @pytest.mark.parametrize(
