@@ -8,7 +8,8 @@ in its own namespace (replies carry epoch timestamps); then the joiner's agent s
 joiner's own log line "claimed address" (its entry is in the bucket when it is logged). Per
 member: first echo reply - t0; per join: the slowest member. The joiner then leaves (`ikto leave`)
 so every run joins a mesh of the same size.
-Floor, same lab: one ping over an established tunnel (RTT), plus a bare KV put -> watch (FACTS).
+Floor, same lab: one ping over an established tunnel (RTT), plus a bare KV put -> watch
+(0.9 ms: docs/facts.md, "NATS through nats-py").
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def run_lab(nodes: int, runs: int) -> dict[str, Any]:
             rtt += [float(x) for x in re.findall(r"time=([\d.]+) ms", cp.stdout)]
             lab.leave_node(j)
             time.sleep(0.5)
-        floor_ms = c.pct(rtt, 50) + 0.9  # + KV put -> watch notification (FACTS.md)
+        # + a KV put -> watch notification (docs/facts.md, "NATS through nats-py")
+        floor_ms = c.pct(rtt, 50) + 0.9
         out = {
             "nodes": nodes, "runs": runs, "lab_up_and_converged_s": round(up_s, 1),
             "join_to_ping_ms_slowest_member": c.summary(per_join),

@@ -27,7 +27,8 @@ from ikto_lab import LabError, LabUsageError, NamespaceLab, process
 STATE_DIR = Path(os.environ.get("IKTO_FAULTS_STATE_DIR", "/run/ikto-faults"))
 # remove_after must outlast a JetStream failover: after the stream leader is killed some
 # nodes' writes fail for 9-16 s here while others' succeed, and at 8 s live peers were
-# taken out of WireGuard (see the report). 20 s keeps the tests short and honest.
+# taken out of WireGuard (docs/facts.md, "JetStream cluster failover"). 20 s keeps the
+# tests short and honest.
 FAST = {"heartbeat_interval": 1.0, "stale_after": 3.0, "remove_after": 20.0, "reclaim_after": 60.0}
 BUCKET = "ikto-mesh"
 NODES = 4
@@ -283,7 +284,8 @@ class Background:
 def pinging(lab: NamespaceLab, pairs: list[tuple[str, str]], wait: float = 2.0) -> Background:
     """Ping each pair over the mesh in turn, in the background; unanswered pings are problems."""
     addrs = {n: lab.mesh_address(n) for pair in pairs for n in pair}
-    # Warm up: a pair that never spoke waits up to 5 s for a handshake retry (FACTS.md).
+    # Warm up: a pair that never spoke waits up to 5 s for a handshake retry
+    # (docs/facts.md, "The data plane").
     assert unreachable(lab, pairs) == [], "pairs unreachable before the fault"
     stamp = time.monotonic()
 
