@@ -98,8 +98,7 @@ async def run(args: argparse.Namespace) -> Any:
     store = await _open(args)
     try:
         if args.cmd == "delete-bucket":
-            bucket = args.bucket
-            await store._call(f"deleting bucket {bucket}", store._js.delete_key_value(bucket), ("$js.api.",))
+            await store.delete_bucket(args.bucket)
             return {"ok": True}
         if args.cmd == "dump":
             return await _snapshot(store)

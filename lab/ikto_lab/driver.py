@@ -19,8 +19,8 @@ from typing import Any
 
 from ikto.ipam import Address
 from ikto.models import WgDevice
-from ikto.wg import parse_dump as parse_wg_dump
-from ikto.wg import parse_ip_addr
+from ikto.wgfacts import parse_dump as parse_wg_dump
+from ikto.wgfacts import parse_ip_addr
 from ikto_lab.shell import LabError
 
 DEV = "wg-ikto"

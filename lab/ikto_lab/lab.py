@@ -23,6 +23,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from ikto.files import write_atomic
 from ikto_lab import mountns, netns, process
 from ikto_lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
 from ikto_lab.nats import NatsServer
@@ -275,8 +276,6 @@ class NamespaceLab(LabDriver):
 
     def set_config(self, node: str, **fields: Any) -> None:
         """Change fields of the node's config file (takes effect at the next agent start)."""
-        from ikto.config import write_atomic
-
         data = self.config(node)
         data.update(fields)
         write_atomic(self.config_file(node), json.dumps(data, indent=2) + "\n")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ikto.config import write_atomic
+from ikto.files import write_atomic
 
 STATE_VERSION = 1
 DEFAULT_STATE_DIR = Path("/run/ikto-lab")

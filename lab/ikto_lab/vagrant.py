@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ikto.config import write_atomic
+from ikto.files import write_atomic
 from ikto_lab.driver import CONFIG_PATH, DEV, KEY_PATH, LabDriver
 from ikto_lab.shell import CommandError, LabError, LabUsageError, run
 
