@@ -1,10 +1,12 @@
 """The agent: wires the parts together and routes the values they produce.
 
-Parts, each owning its state: `Interface` (iface.py) brings WireGuard up; `Membership`
-(membership.py) owns our entry; `Follower` (follower.py) owns the mesh and the watch;
-`Applier` (applier.py) owns WireGuard's peers; `FileWriter` (filewriter.py) owns the
-rendered file. Liveness decisions are the pure functions of liveness.py. Parts report
-through one queue of typed values (events.py); `_route` hands each to the part it concerns.
+Parts, each owning its state: `Interface` (iface.py) brings WireGuard up; `Follower`
+(follower.py) owns the mesh and the watch; `Membership` (membership.py) owns our entry;
+`Presence` (presence.py) our presence record; `Applier` (applier.py) WireGuard's peers;
+`Vitals` (vitals.py) every peer's signs of life and `Paths` (paths.py) the endpoint to use;
+`Prober` (prober.py) the liveness records read and written on demand; `FileWriter`
+(filewriter.py) the rendered file. Parts report through one queue of typed values
+(events.py); `_route` hands each to the part it concerns. See docs/liveness.md.
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 
 from ikto import keys, liveness
-from ikto.applier import Applier
+from ikto.applier import Applier, look_interval
+from ikto.clock import Clock
 from ikto.config import Config
 from ikto.desired import Desired
 from ikto.entry import MeshSpec
 from ikto.errors import UsageError
 from ikto.events import (
+    EntryChecked,
     Event,
-    HeartbeatWritten,
     Moved,
     OwnEntrySeen,
     PeersChanged,
@@ -38,46 +41,65 @@ from ikto.events import (
 from ikto.filewriter import FileWriter
 from ikto.follower import Follower
 from ikto.iface import Interface
+from ikto.ipam import Address
 from ikto.log import fields
 from ikto.membership import Membership
 from ikto.mesh import Mesh
-from ikto.models import Peer
+from ikto.models import Peer, WgDevice
+from ikto.paths import Paths, our_candidates
+from ikto.presence import Presence
+from ikto.prober import Prober
 from ikto.retry import retrying
 from ikto.store import PermissionDeniedError, Store
 from ikto.vitals import Vitals
-from ikto.wg import Wg, WgApi
+from ikto.wg import Wg, WgApi, WgError
 
 log = logging.getLogger("ikto.agent")
 
 ServeApi = Callable[["Agent"], Awaitable[Callable[[], Awaitable[None]]]]
+LOCAL_ADDRESSES_EVERY = 600.0  # seconds between two looks at this host's addresses
 
 
 class Agent:
-    """One mesh node: owns the WireGuard interface and our entry in the bucket."""
+    """One mesh node: owns the WireGuard interface and our records in the bucket."""
 
-    def __init__(self, config: Config, config_path: Path | None, *, wg: WgApi | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None, *, wg: WgApi | None = None, clock: Clock | None = None
+    ) -> None:
         config.require_agent_fields()
         assert config.private_key_path is not None
         self.config_path = config_path
         self.wg: WgApi = wg or Wg(config.wg_dev_name)
-        self._private_key = keys.read_private_key(config.private_key_path)
+        self.clock = clock or Clock()
+        private_key = keys.read_private_key(config.private_key_path)
         # From `wg pubkey`, not ikto.keys: the agent then never loads cryptography (6.5 MiB).
-        self.public_key = self.wg.public_key(self._private_key)
+        self.public_key = self.wg.public_key(private_key)
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         emit = self._events.put_nowait
-        self.membership = Membership(config, config_path, self.public_key, emit)
+        hb = config.heartbeat_interval
+        self.membership = Membership(config, config_path, self.public_key, emit, lambda: len(self.mesh))
         self.follower = Follower(self._spec(), emit)
-        self.iface = Interface(config, self._private_key, self.public_key, self.wg)
-        desired = Desired(lambda: self.mesh, lambda: self.config, self.public_key, self._private_key)
+        policy = liveness.Policy(config.stale_after, config.remove_after, config.reclaim_after)
+        self.vitals = Vitals(policy, lambda: self.mesh, self.clock, hb)
+        self.paths = Paths(self.clock.mono, self.vitals.session_fresh)
+        rarely = config.reclaim_after / 4
+        self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb, rarely)
+        self.prober = Prober(config.name, self.public_key, self.clock, self.vitals, policy)
+        self.iface = Interface(config, private_key, self.public_key, self.wg)
+        desired = Desired(lambda: self.mesh, lambda: self.config, self.paths, self.public_key, private_key)
         self.writer = FileWriter(lambda: self.config.wg_config_path, desired.prepare_file)
         self.applier = Applier(
-            self.wg, desired.wanted, desired.syncconf_text, self.iface.ensure, self.writer.changed
+            self.wg, desired.wanted, desired.syncconf_text, self.iface.ensure, self._observed,
+            self.writer.changed, lambda: look_interval(len(self.mesh), hb, self.paths.trying),
         )
-        policy = liveness.Policy(config.stale_after, config.remove_after, config.reclaim_after)
-        self.vitals = Vitals(policy, lambda: self.mesh, lambda: self.follower.grace_floor)
         self.store: Store | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
+        self._applied_snapshot = asyncio.Event()
+        self.ready = asyncio.Event()  # the mesh is applied and our address claimed
+        self._local: list[Address] = []  # this host's addresses, looked at now and then
+        self._local_at = -LOCAL_ADDRESSES_EVERY
+        self._sighted: str | None = None  # where other nodes last reported seeing us
 
     @property
     def config(self) -> Config:
@@ -96,7 +118,11 @@ class Agent:
         return MeshSpec(c.mesh_cidr, c.subnet_prefix, self.public_key, self.membership.key)
 
     async def run(self, serve_api: ServeApi | None = None) -> int:
-        """Run until SIGTERM/SIGINT or `leave`; the interface and peers stay in place."""
+        """Run until SIGTERM/SIGINT or `leave`; the interface and peers stay in place.
+
+        Joining is ordered so that when the members learn of us we already hold them: read the
+        bucket and apply it to WireGuard first, claim our address after.
+        """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -110,22 +136,25 @@ class Agent:
             self.store = await retrying("NATS not ready; the mesh stays as it is", self._connect, self._stop)
             if self.store is None:
                 return 0
-            self.membership.attach(self.store)
-            self.follower.attach(self.store)
+            for part in (self.membership, self.follower, self.presence, self.prober):
+                part.attach(self.store)
+            tasks = [self._task("watch", self.follower.run()), self._task("apply", self.applier.run()),
+                     self._task("route", self._route())]
+            if not await self._until(self._applied_snapshot.wait()):
+                return 0
+            wanted = self.membership.key
             claimed = await retrying("claiming our address failed; retrying", self._claim, self._stop,
                                      final=(UsageError, PermissionDeniedError))
             if not claimed:
                 return 0
-            self.follower.moved(self._spec())
-            tasks = [asyncio.create_task(coro, name=name) for name, coro in (
-                ("watch", self.follower.run()), ("heartbeat", self.membership.run()),
-                ("apply", self.applier.run()), ("tick", self._tick()), ("route", self._route()),
-            )]
-            stop = asyncio.create_task(self._stop.wait())
-            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stop and (exc := t.exception()) is not None:
-                    raise exc
+            if self.membership.key != wanted:  # moved: hold the mesh as seen from the new address
+                self._applied_snapshot.clear()
+                if not await self._until(self._applied_snapshot.wait(), tasks):
+                    return 0
+            self.ready.set()
+            tasks += [self._task("self-check", self.membership.run()),
+                      self._task("presence", self.presence.run()), self._task("tick", self._tick())]
+            await self._until(self._stop.wait(), tasks)
             return 0
         finally:
             await self.writer.flush()
@@ -139,6 +168,23 @@ class Agent:
             if api_cleanup is not None:
                 await api_cleanup()
             log.info("stopped; interface and peers left in place", extra=fields(dev=self.config.wg_dev_name))
+
+    def _task(self, name: str, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=name)
+
+    async def _until(self, what: Awaitable[object], tasks: list[asyncio.Task[None]] | None = None) -> bool:
+        """Wait for `what`; False if stopped first; a part that failed raises its error here."""
+        goal = asyncio.ensure_future(what)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([goal, stop, *(tasks or [])], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            goal.cancel()
+            stop.cancel()
+        for t in done:
+            if t not in (goal, stop) and (exc := t.exception()) is not None:
+                raise exc
+        return goal in done and not self._stop.is_set()
 
     def stop(self) -> None:
         """Ask the agent to stop (signal handler)."""
@@ -166,6 +212,7 @@ class Agent:
         return store
 
     async def _claim(self) -> bool:
+        await self._refresh_candidates()
         await self.membership.claim()
         return True
 
@@ -185,28 +232,66 @@ class Agent:
         while True:
             match await self._events.get():
                 case SnapshotLoaded():
+                    self.vitals.restart_grace()
                     self.applier.ready = True
                     self.applier.hold_removals(3 * self.config.heartbeat_interval)
                     await self.applier.full_reconcile()
+                    self._applied_snapshot.set()
                 case PeersChanged(public_keys=touched):
                     self.applier.mark(touched)
                 case OwnEntrySeen(value=value, revision=revision):
                     self.membership.seen(value, revision)
-                case HeartbeatWritten(revision=revision):
+                case EntryChecked(revision=revision, anomaly=anomaly):
                     self.follower.expect(revision)
+                    if anomaly:
+                        await self.follower.check()
                 case Moved(config=config):
                     self.iface.moved(config)
                     await asyncio.to_thread(self.iface.bring_up)
                     self.follower.moved(self._spec())
+                    self.follower.rebuild("we moved to a new address")
+                    self.presence.rewrite()
                     await self.writer.write()
                 case RebuildWatch(reason=reason):
                     self.follower.rebuild(reason)
                 case Reconnected():
-                    log.info("reconnected to NATS; re-reading the bucket and re-asserting our entry")
+                    log.info("reconnected to NATS; re-reading the bucket and checking our entry")
                     self.follower.rebuild("reconnected to NATS")
                     self.membership.poke()
                 case Tick():
                     if self.store is not None and self.store.connected and not self.membership.leaving:
-                        await self.follower.check()
-                        if self.follower.snapshot_done:
-                            self.applier.mark(self.vitals.expire())
+                        await self._checkup()
+
+    def _observed(self, dev: WgDevice) -> None:
+        """A look at WireGuard: learn signs of life, then move endpoint trials on."""
+        self.vitals.observe(dev)
+        mesh = self.mesh
+        self.applier.mark(self.paths.observed(dev, mesh.peers()))
+
+    async def _checkup(self) -> None:
+        """Every heartbeat_interval: read the records liveness needs, decide, and help others."""
+        review = self.vitals.review()
+        await self.prober.probe(review.probe)
+        self.presence.need(review.presence_needed)
+        if self.follower.snapshot_done:
+            self.applier.mark(self.vitals.expire())
+        mesh, dev = self.mesh, self.applier.device
+        if dev is not None:
+            held = [(k, p) for k, (_, p) in mesh.entries.items() if k != mesh.spec.self_key]
+            await self.prober.witness(dev, held, len(mesh))
+        if review.presence_needed:  # somebody cannot reach us: where do others see us?
+            self._sighted = await self.prober.sighting_of_us(self.membership.key) or self._sighted
+            await self._refresh_candidates()
+
+    async def _refresh_candidates(self) -> None:
+        """Publish our candidate endpoints if they changed (docs/liveness.md "Endpoints")."""
+        c, now = self.config, self.clock.mono()
+        if now - self._local_at >= LOCAL_ADDRESSES_EVERY:
+            self._local_at = now
+            with contextlib.suppress(WgError):
+                self._local = [a.ip for a in await asyncio.to_thread(self.wg.host_addresses)]
+        assert c.advertise_address is not None and self.store is not None
+        await self.membership.publish(our_candidates(
+            sighted=self._sighted, nats_sees=self.store.client_ip, local=self._local,
+            port=c.wg_port, advertise=c.advertise_address, mesh=c.mesh_cidr,
+        ))

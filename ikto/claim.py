@@ -44,10 +44,10 @@ async def claim(
     The returned peer has a different allowed_ip if ours was taken and we moved; the
     caller persists it. A holder whose entry is not valid JSON still counts as another node.
 
-    With `reclaim_after`, our entry is written with that TTL (servers 2.11+ expire it if we
-    die), and a holder whose entry the server has not seen rewritten for that long is dead:
+    With `reclaim_after`, a holder with no sign of life for that long on the server's clock
+    (its entry, its presence record `alive.<id>`, what others saw of it `seen.<id>`) is dead:
     we take its key over with a compare-and-set on its revision, so a holder that comes back
-    at the same moment wins instead. This works on 2.9 too, where TTLs do not exist.
+    at the same moment wins instead.
     """
     pick = pick or (lambda: ipam.random_subnet(mesh, prefix))
     peer = self_peer
@@ -84,7 +84,7 @@ async def _claim_one(store: Store, peer: Peer, reclaim_after: float | None) -> i
     value = entry.encode(peer)
     for _ in range(RACE_RETRIES):
         try:
-            return await store.create(key, value, ttl=reclaim_after)
+            return await store.create(key, value)
         except KeyExistsError:
             pass
         holder = await store.get(key)
@@ -101,18 +101,24 @@ async def _claim_one(store: Store, peer: Peer, reclaim_after: float | None) -> i
         # Our own entry (a restart, or a changed name/endpoint), or a dead node's:
         # replace it in place, only if nobody wrote it since we read it.
         try:
-            return await store.update(key, value, holder.revision, ttl=reclaim_after)
+            return await store.update(key, value, holder.revision)
         except RevisionMismatchError:
             continue
     raise StoreError(f"could not claim {peer.allowed_ip}: key {key} kept changing under us")
 
 
 async def _silent_for(store: Store, holder: Entry) -> float | None:
-    """Seconds between the holder's last write and the bucket's newest write (server clock)."""
+    """Seconds since the holder's youngest sign of life on the server's clock (its entry, its
+    presence record, a witness record), measured up to the bucket's newest write."""
     now = await store.server_time()
-    if now is None or holder.created is None:
+    if now is None:
         return None
-    return (now - holder.created).total_seconds()
+    stamps = [holder.created]
+    for key in (ipam.alive_key(holder.key), ipam.seen_key(holder.key)):
+        record = await store.get(key)
+        stamps.append(record.created if record is not None else None)
+    known = [t for t in stamps if t is not None]
+    return (now - max(known)).total_seconds() if known else None
 
 
 def _pick_untried(pick: Callable[[], Network], tried: set[Network]) -> Network:

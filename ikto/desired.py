@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from ikto.config import Config
 from ikto.mesh import Mesh
 from ikto.models import PeerWant
+from ikto.paths import Paths
 from ikto.reconcile import want
 from ikto.render import render, render_wg
 
@@ -16,9 +17,15 @@ class Desired:
     """Reads the current mesh and config (through getters: both can be replaced) into wants."""
 
     def __init__(
-        self, mesh: Callable[[], Mesh], config: Callable[[], Config], public_key: str, private_key: str
+        self,
+        mesh: Callable[[], Mesh],
+        config: Callable[[], Config],
+        paths: Paths,
+        public_key: str,
+        private_key: str,
     ) -> None:
         self._mesh = mesh
+        self._paths = paths
         self._config = config
         self._public_key = public_key
         self._private_key = private_key
@@ -26,8 +33,9 @@ class Desired:
     def wanted(self, public_keys: Iterable[str] | None) -> dict[str, PeerWant]:
         """What WireGuard should hold for these public keys (every known one for None).
 
-        Keys the mesh knows but leaves out (silent too long, or a conflict's loser) come with
-        the reason, so a removal can say why.
+        The endpoint is the paths' choice: kept as WireGuard learned it while the session
+        works, else the candidate being tried. Keys the mesh knows but leaves out (silent too
+        long, or a conflict's loser) come with the reason, so a removal can say why.
         """
         mesh, ka = self._mesh(), self._config().persistent_keepalive
         out: dict[str, PeerWant] = {}
@@ -35,7 +43,8 @@ class Desired:
             if pk == self._public_key:
                 continue
             if (p := mesh.winner(pk)) is not None:
-                out[pk] = want(p, ka)
+                endpoint, keep = self._paths.want(p)
+                out[pk] = want(p, ka, endpoint, keep_endpoint=keep)
             elif (held := mesh.holder(pk)) is not None:
                 key, peer = held
                 why = "silent too long (entry kept)" if key in mesh.expired else "lost a public-key conflict"

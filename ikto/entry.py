@@ -13,13 +13,14 @@ from ipaddress import ip_address, ip_network
 
 from ikto import ipam, keys
 from ikto.ipam import Network
-from ikto.models import Peer
+from ikto.models import Peer, endpoint_text
 
 MAX_VALUE_BYTES = 4096
 """A v0.3 entry is ~200 bytes of JSON; 4 KiB leaves room for new fields and stops a writer
 from storing megabytes under one key (it is also the bucket's max_value_size)."""
 
 REQUIRED = ("name", "public_key", "advertise_address", "allowed_ip", "wg_port")
+MAX_ENDPOINTS = 8
 
 
 class EntryError(ValueError):
@@ -137,4 +138,24 @@ def parse(key: str, value: bytes, spec: MeshSpec) -> Peer:
         raise EntryError("uses our public key")
     if key == spec.self_key and public_key != spec.self_public_key:
         raise EntryError("claims our address with another public key")
-    return Peer(name, public_key, adv, allowed, port)
+    endpoints = _endpoints(data["endpoints"], spec) if "endpoints" in data else None
+    return Peer(name, public_key, adv, allowed, port, endpoints)
+
+
+def _endpoints(value: object, spec: MeshSpec) -> tuple[str, ...]:
+    """The optional candidate endpoints: at most MAX_ENDPOINTS usable `host:port` texts."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise EntryError("endpoints is not a list of strings")
+    if len(value) > MAX_ENDPOINTS:
+        raise EntryError(f"endpoints lists {len(value)} candidates (at most {MAX_ENDPOINTS})")
+    out = []
+    for text in value:
+        try:
+            address, port = ipam.parse_endpoint(text)
+        except ValueError as e:
+            raise EntryError(f"endpoints: {e}") from None
+        reason = ipam.unusable_endpoint_reason(address)
+        if reason or address in spec.cidr:
+            raise EntryError(f"endpoints: {text} is {reason or 'inside the mesh'}")
+        out.append(endpoint_text(address, port))
+    return tuple(out)

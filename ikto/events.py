@@ -32,10 +32,12 @@ class OwnEntrySeen:
 
 
 @dataclass(frozen=True, slots=True)
-class HeartbeatWritten:
-    """Our entry was rewritten at this revision: the watch must deliver it."""
+class EntryChecked:
+    """A read of our own entry found it at this revision (the watch must have delivered it);
+    `anomaly`: it was missing, older than we knew, or not ours (check the bucket itself)."""
 
     revision: int
+    anomaly: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,6 @@ class Tick:
 
 
 Event = (
-    SnapshotLoaded | PeersChanged | OwnEntrySeen | HeartbeatWritten | Moved | RebuildWatch | Reconnected
+    SnapshotLoaded | PeersChanged | OwnEntrySeen | EntryChecked | Moved | RebuildWatch | Reconnected
     | Tick
 )

@@ -12,11 +12,13 @@ from ikto.entry import MeshSpec
 from ikto.events import Event, OwnEntrySeen, PeersChanged, SnapshotLoaded
 from ikto.log import fields
 from ikto.mesh import Mesh
-from ikto.store import Store, StoreError
+from ikto.store import ConsumerLimitError, Store, StoreError
 
 log = logging.getLogger("ikto.agent")
 
 PATTERN = "peers.*"
+REFUSED_WAIT = 5.0  # seconds before asking again for a watch the bucket refused…
+REFUSED_MAX_WAIT = 60.0  # …doubling up to this
 
 
 class Follower:
@@ -26,19 +28,19 @@ class Follower:
         self.spec = spec
         self.mesh = Mesh(spec)
         self.snapshot_done = False
-        self.grace_floor: float | None = None  # staleness clocks restart here (server time)
+        self.watch_error: str | None = None  # why the watch cannot run (for /v1/health)
         self._emit = emit
         self._store: Store | None = None
         self._rebuild = asyncio.Event()
         self._reason = ""
         # Stall detection: the identity of the stream this watch follows, the newest revision
-        # it delivered, and the revisions our heartbeats wrote (it must deliver them).
+        # it delivered, and the revision a read of our own entry found (it must deliver it).
         self._live = False
         self._ident: str | None = None
         self._max_rev = 0
         self._expected = 0
-        self._expected_before = 0
         self._behind = 0  # consecutive checks that saw the bucket behind the watch
+        self._refused = 0.0  # current wait after a refused watch
 
     def attach(self, store: Store) -> None:
         self._store = store
@@ -53,7 +55,10 @@ class Follower:
         self._rebuild.set()
 
     def expect(self, revision: int) -> None:
-        """Our heartbeat wrote this revision: the watch must deliver it by the next check."""
+        """A read of our entry found this revision: the watch must have delivered it by the
+        next read (nats-py's watch can go silent without a word: docs/facts.md)."""
+        if self._live and self._expected > self._max_rev:
+            self.rebuild("the watch stopped delivering (our own entry's revision never arrived)")
         self._expected = revision
 
     async def run(self) -> None:
@@ -68,8 +73,7 @@ class Follower:
                 exc = inner.exception()
                 if exc is not None and not isinstance(exc, StoreError):
                     raise exc
-                log.warning("the watch ended; starting it again", extra=fields(error=exc))
-                await asyncio.sleep(1.0)
+                await self._pause_after(exc)
                 continue
             inner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -107,7 +111,19 @@ class Follower:
             if touched and self._live:
                 self._emit(PeersChanged(frozenset(touched)))
 
+    async def _pause_after(self, exc: BaseException | None) -> None:
+        if isinstance(exc, ConsumerLimitError):
+            if self.watch_error is None:
+                log.error("the bucket refuses our watch", extra=fields(error=exc))
+            self.watch_error = str(exc)
+            self._refused = min(self._refused * 2, REFUSED_MAX_WAIT) if self._refused else REFUSED_WAIT
+            await asyncio.sleep(self._refused)
+            return
+        log.warning("the watch ended; starting it again", extra=fields(error=exc))
+        await asyncio.sleep(1.0)
+
     def _snapshot_loaded(self, mesh: Mesh) -> None:
+        self.watch_error, self._refused = None, 0.0
         self._live = True
         old = self.mesh
         # Peers already out of WireGuard stay out until they write again: a rebuild must not
@@ -116,14 +132,14 @@ class Follower:
             k for k in old.expired if k in mesh.entries and mesh.revision_of(k) == old.revision_of(k)
         }
         self.mesh = mesh
-        self.grace_floor = mesh.server_now  # everyone else gets a fresh grace
         self.snapshot_done = True
         log.info("bucket snapshot loaded", extra=fields(entries=len(mesh), rejected=len(mesh.rejected)))
         self._emit(SnapshotLoaded(mesh))
 
     async def check(self) -> None:
-        """Notice a watch that silently stopped: nats-py's never delivers again after the
-        bucket is deleted and recreated or restored from an older snapshot."""
+        """Look at the bucket itself (called when a read of our entry found something wrong):
+        nats-py's watch never delivers again after the bucket is deleted and recreated or
+        restored from an older snapshot."""
         if self._store is None or not self._store.connected:
             return
         try:
@@ -137,9 +153,6 @@ class Follower:
             self._behind += 1
             if self._behind >= 2:
                 self.rebuild("the bucket went back in time (restored from an older snapshot?)")
-        elif self._live and self._expected_before > self._max_rev:
-            self.rebuild("the watch stopped delivering (our own heartbeat never arrived)")
         if last >= self._max_rev:
             self._behind = 0
         self._ident = ident
-        self._expected_before = self._expected

@@ -6,7 +6,15 @@ import base64
 import binascii
 import secrets
 import socket
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+)
 
 Network = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
@@ -122,3 +130,34 @@ def unusable_endpoint_reason(a: Address) -> str | None:
     if a.is_reserved and a.version == 4:
         return "a reserved address"
     return None
+
+
+def parse_endpoint(text: str) -> tuple[Address, int]:
+    """`198.18.0.1:51820` or `[2001:db8::1]:51820` as (address, port); ValueError otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"{text!r}: brackets are for IPv6 addresses")
+    elif ":" in host:
+        raise ValueError(f"{text!r}: an IPv6 address needs brackets, e.g. [2001:db8::1]:51820")
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range 1-65535")
+    return address, port
+
+
+def alive_key(peer_key: str) -> str:
+    """The key of a node's presence record: `alive.<id>` for `peers.<id>` (docs/liveness.md)."""
+    return "alive." + peer_key.removeprefix(KEY_PREFIX)
+
+
+def seen_key(peer_key: str) -> str:
+    """The key where other nodes report seeing a node: `seen.<id>` for `peers.<id>`."""
+    return "seen." + peer_key.removeprefix(KEY_PREFIX)

@@ -1,16 +1,21 @@
 """Liveness decisions as pure functions of evidence and time (no clock is read here).
 
-A peer is `ok` (or `pending` until WireGuard holds it), `stale` once it has been silent for
-`stale_after`, and `expired` (left out of WireGuard, its entry untouched) once the agent has
-decided so after `remove_after`. The agent, the admin API and the tests call these same
-functions; every verdict says which evidence it used.
+A peer is `ok` (or `pending` until WireGuard holds it) while its youngest sign of life is at
+most `stale_after` old, `stale` after that, and `expired` (left out of WireGuard, its entry
+untouched) once the agent has decided so after `remove_after`. The agent, the admin API and
+the tests call these same functions; every verdict names the evidence it rests on.
+See docs/liveness.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+
+SESSION_FRESH = 180.0
+"""WireGuard's REJECT_AFTER_TIME: a handshake younger than this is a working session."""
 
 
 class State(StrEnum):
@@ -21,9 +26,12 @@ class State(StrEnum):
 
 
 class Evidence(StrEnum):
-    """Where the last sign of life of a peer comes from."""
+    """Where a sign of life of a peer comes from (docs/liveness.md)."""
 
-    ENTRY = "entry"  # the peer (re)wrote its bucket entry: server clock
+    HANDSHAKE = "handshake"  # our WireGuard: a handshake or received bytes (our monotonic clock)
+    PRESENCE = "presence"  # the peer's own alive.<id> record (server clock)
+    WITNESS = "witness"  # another node saw the peer handshaking: seen.<id> (server clock)
+    ENTRY = "entry"  # the peer (re)wrote its bucket entry (server clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,32 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class Signs:
+    """How old each kind of evidence about one peer is, in seconds (None: none known)."""
+
+    handshake: float | None = None
+    presence: float | None = None
+    witness: float | None = None
+    entry: float | None = None
+
+    def youngest(self) -> tuple[Evidence, float] | None:
+        """The freshest evidence and its age (ties go to the data plane)."""
+        found = [(age, i, ev) for i, (ev, age) in enumerate(self._all()) if age is not None]
+        if not found:
+            return None
+        age, _, ev = min(found)
+        return ev, age
+
+    def _all(self) -> tuple[tuple[Evidence, float | None], ...]:
+        return (
+            (Evidence.HANDSHAKE, self.handshake),
+            (Evidence.PRESENCE, self.presence),
+            (Evidence.WITNESS, self.witness),
+            (Evidence.ENTRY, self.entry),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """One peer's state, how long it has been silent, and the evidence behind it."""
 
@@ -44,27 +78,34 @@ class Verdict:
     evidence: Evidence | None
 
 
-def silence(last: float | None, now: float | None, floor: float | None = None) -> float | None:
-    """Seconds since `last` sign of life (None if unknown); `floor` restarts the clock.
+def age(then: float | None, now: float, floor: float | None = None) -> float | None:
+    """Seconds from `then` to `now` (None if unknown, never negative); `floor` restarts it.
 
-    After an outage of our own every peer gets a fresh grace: a sign of life older than the
-    floor counts as if it happened at the floor.
+    After an outage of our own every peer gets a fresh grace: a sign older than the floor
+    counts as if it came at the floor.
     """
-    if last is None or now is None:
+    if then is None:
         return None
-    if floor is not None and floor > last:
-        last = floor
-    return max(0.0, now - last)
+    if floor is not None and floor > then:
+        then = floor
+    return max(0.0, now - then)
 
 
-def judge(silent_s: float | None, *, expired: bool, in_wireguard: bool, policy: Policy) -> Verdict:
+def silence(signs: Signs) -> float | None:
+    """How long the peer has been silent: the age of its youngest evidence."""
+    y = signs.youngest()
+    return None if y is None else y[1]
+
+
+def judge(signs: Signs, *, expired: bool, in_wireguard: bool, policy: Policy) -> Verdict:
     """The state shown for one peer."""
-    evidence = Evidence.ENTRY if silent_s is not None else None
+    y = signs.youngest()
+    evidence, silent = (None, None) if y is None else y
     if expired:
-        return Verdict(State.EXPIRED, silent_s, evidence)
-    if silent_s is not None and silent_s > policy.stale_after:
-        return Verdict(State.STALE, silent_s, evidence)
-    return Verdict(State.OK if in_wireguard else State.PENDING, silent_s, evidence)
+        return Verdict(State.EXPIRED, silent, evidence)
+    if silent is not None and silent > policy.stale_after:
+        return Verdict(State.STALE, silent, evidence)
+    return Verdict(State.OK if in_wireguard else State.PENDING, silent, evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +119,8 @@ class Expiry:
 
 def expire(silent: Mapping[str, float | None], already: Iterable[str], policy: Policy) -> Expiry:
     """Peers silent for remove_after are left out, and those already out stay out (a peer
-    leaves `already` when it writes again) — unless more than half of all peers would be out,
-    which says more about us than about them: then nothing changes.
+    leaves `already` when it shows a sign of life again) — unless more than half of all peers
+    would be out, which says more about us than about them: then nothing changes.
 
     `silent` maps every peer's key (not ourselves) to its silence; `already` is the current set.
     """
@@ -90,6 +131,36 @@ def expire(silent: Mapping[str, float | None], already: Iterable[str], policy: P
     return Expiry(frozenset(out), silent=len(out))
 
 
+def back(signs: Signs, policy: Policy) -> bool:
+    """Does an expired peer come back? Only with evidence younger than stale_after."""
+    s = silence(signs)
+    return s is not None and s <= policy.stale_after
+
+
 def reclaimable(holder_silent_s: float | None, reclaim_after: float) -> bool:
     """May a claimant take over an address whose holder has been silent this long?"""
     return holder_silent_s is not None and holder_silent_s > reclaim_after
+
+
+def needs_probe(signs: Signs, policy: Policy) -> bool:
+    """Read the peer's presence (or witness) record? Only when what we learn for free — our
+    own data plane and its entry — is older than half of stale_after."""
+    free = [a for a in (signs.handshake, signs.entry) if a is not None]
+    return not free or min(free) > policy.stale_after / 2
+
+
+def needs_presence(handshake_age: float | None, other: float | None, policy: Policy) -> bool:
+    """Must we write our presence often for this peer? When it is alive by other evidence but
+    our data plane has not heard it for half of stale_after (it cannot hear us either: a
+    handshake is mutual), so it is reading our presence record to know we are alive."""
+    lost = handshake_age is None or handshake_age > policy.stale_after / 2
+    return lost and other is not None and other <= policy.stale_after
+
+
+def witness_interval(observer: str, subject: str, observers: int, base: float, cap: float) -> float:
+    """How often `observer` checks the witness record of `subject`: base × (1 + its rank in a
+    hash order of the `observers`), at most `cap`. The first observer keeps the record fresh
+    and the others step in only when it does not, so the reads stay O(1) per subject."""
+    digest = hashlib.blake2b(f"{observer}\0{subject}".encode(), digest_size=8).digest()
+    rank = int(int.from_bytes(digest, "big") / 2**64 * max(1, observers))
+    return min(cap, base * (1 + rank))

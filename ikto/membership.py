@@ -1,5 +1,7 @@
-"""Our own entry in the bucket: claimed at start, rewritten every heartbeat, put back when it
-is lost, moved when another node holds our address, removed when we leave."""
+"""Our own entry in the bucket: claimed at start, checked now and then, put back when it is
+lost, moved when another node holds our address, rewritten when our candidate endpoints
+change, removed when we leave. It is never rewritten just to say we are alive: that would
+make every node hear every node (docs/liveness.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -16,13 +19,16 @@ from ikto import entry, ipam
 from ikto.claim import claim
 from ikto.config import Config
 from ikto.errors import IktoError
-from ikto.events import Event, HeartbeatWritten, Moved, RebuildWatch
+from ikto.events import EntryChecked, Event, Moved, RebuildWatch
 from ikto.files import write_atomic
 from ikto.log import fields
 from ikto.models import Peer
-from ikto.store import BucketNotFoundError, RevisionMismatchError, Store, StoreError
+from ikto.store import BucketNotFoundError, KeyExistsError, RevisionMismatchError, Store, StoreError
 
 log = logging.getLogger("ikto.agent")
+
+CHECKS_PER_SECOND = 100.0  # the whole mesh's self-checks together, about
+MIN_REWRITE_GAP = 10.0  # seconds between rewrites for new candidate endpoints
 
 
 class Removal(StrEnum):
@@ -48,27 +54,41 @@ async def remove_entry(store: Store, key: str, public_key: str, revision: int | 
             await store.delete(key, revision)
             return Removal.REMOVED
         except RevisionMismatchError:
-            revision = None  # a heartbeat or another writer moved it: read it again
+            revision = None  # another writer moved it: read it again
     raise IktoError(f"could not remove our entry {key}: it kept changing; try again")
+
+
+def selfcheck_interval(heartbeat_interval: float, mesh_size: int) -> float:
+    """Seconds between two reads of our own entry: heartbeat_interval, stretched so that the
+    whole mesh makes about CHECKS_PER_SECOND of them (10 s at 1,000 nodes, 100 s at 10,000)."""
+    return max(heartbeat_interval, mesh_size / CHECKS_PER_SECOND)
 
 
 class Membership:
     """Owns our entry: its peer value, its revision, and the one writer lock."""
 
     def __init__(
-        self, config: Config, config_path: Path | None, public_key: str, emit: Callable[[Event], None]
+        self,
+        config: Config,
+        config_path: Path | None,
+        public_key: str,
+        emit: Callable[[Event], None],
+        mesh_size: Callable[[], int],
     ) -> None:
         assert config.advertise_address is not None
         self.config = config
         self._config_path = config_path
         self.public_key = public_key
-        self.peer = Peer(config.name, public_key, config.advertise_address, config.subnet, config.wg_port)
+        # `endpoints` is always written (even empty): it tells others we write presence.
+        self.peer = Peer(config.name, public_key, config.advertise_address, config.subnet, config.wg_port, ())
         self.revision = 0
         self.leaving = False
         self._emit = emit
+        self._mesh_size = mesh_size
         self._store: Store | None = None
-        self._lock = asyncio.Lock()  # one writer of our entry at a time: heartbeat, leave
+        self._lock = asyncio.Lock()  # one writer of our entry at a time: checks, rewrites, leave
         self._poke = asyncio.Event()
+        self._rewritten_at = 0.0
 
     @property
     def key(self) -> str:
@@ -78,18 +98,18 @@ class Membership:
         self._store = store
 
     def poke(self) -> None:
-        """Heartbeat now (our entry was deleted, overwritten, or we reconnected)."""
+        """Check our entry now (the watch showed it deleted or overwritten, or we reconnected)."""
         self._poke.set()
 
     def seen(self, value: bytes | None, revision: int) -> None:
         """The watch delivered our key."""
-        if self.leaving:
+        if self.leaving or not self.revision:  # not claimed yet: the claim settles it
             return
         if value is None:
             log.warning("our entry was deleted; putting it back", extra=fields(key=self.key))
             self.poke()
         elif entry.owner(value) == self.public_key:
-            self.revision = revision
+            self.revision = max(self.revision, revision)
         else:
             log.error("our address was overwritten by another node's entry",
                       extra=fields(key=self.key, revision=revision))
@@ -122,58 +142,78 @@ class Membership:
         self.config = self.config.model_copy(update={"private_address": peer.allowed_ip.network_address})
 
     async def run(self) -> None:
-        """Every heartbeat_interval (± 20 %), or when poked: rewrite our entry."""
+        """Check our entry every selfcheck_interval (± 20 %), or at once when poked."""
         while True:
-            delay = self.config.heartbeat_interval * random.uniform(0.8, 1.2)
+            delay = selfcheck_interval(self.config.heartbeat_interval, self._mesh_size())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), delay)
+                await asyncio.wait_for(self._poke.wait(), delay * random.uniform(0.8, 1.2))
             self._poke.clear()
             if self._store is not None and self._store.connected and not self.leaving:
-                await self.heartbeat()
+                await self.check()
 
-    async def heartbeat(self) -> None:
-        """Rewrite our entry with its revision; if it disappeared or changed under us, put it
-        back. The store can lose acknowledged writes and anyone with rights may delete it:
-        this is how it comes back."""
+    async def check(self) -> None:
+        """Read our entry: put it back if it is missing or stale, move if another node holds it.
+
+        The store can lose acknowledged writes, a bucket can be restored from an older
+        snapshot, and anyone with rights may delete the key: this is how it comes back.
+        """
         async with self._lock:
             if self.leaving:  # a leave that won the lock has removed the entry for good
                 return
             try:
-                rev = await self._rewrite()
+                await self._check()
             except BucketNotFoundError as e:
-                log.warning("heartbeat failed: the bucket is gone", extra=fields(key=self.key, error=e))
+                log.warning("checking our entry failed: the bucket is gone",
+                            extra=fields(key=self.key, error=e))
                 await self._reopen_bucket()
-                return
             except StoreError as e:
-                log.warning("heartbeat failed", extra=fields(key=self.key, error=e))
-                return
-        if rev is not None:
-            self.revision = rev
-            self._emit(HeartbeatWritten(rev))
+                log.warning("checking our entry failed", extra=fields(key=self.key, error=e))
 
-    async def _rewrite(self) -> int | None:
+    async def _check(self) -> None:
         assert self._store is not None
-        store, key, value, ttl = self._store, self.key, entry.encode(self.peer), self.config.reclaim_after
-        try:
-            return await store.update(key, value, self.revision, ttl=ttl)
-        except RevisionMismatchError:
-            pass
+        store, key, value = self._store, self.key, entry.encode(self.peer)
         cur = await store.get(key)
         if cur is None:
             log.warning("our entry was missing; putting it back", extra=fields(key=key))
-            return await store.create(key, value, ttl=ttl)
-        if entry.owner(cur.value) == self.public_key or self.config.address_pinned:
-            if entry.owner(cur.value) != self.public_key:
+            with contextlib.suppress(KeyExistsError):  # written meanwhile: the next check sees it
+                self.revision = await store.create(key, value)
+            self._emit(EntryChecked(self.revision, anomaly=True))
+            return
+        mine = entry.owner(cur.value) == self.public_key
+        if mine or self.config.address_pinned:
+            if not mine:
                 log.error("another node wrote our pinned address; putting ours back",
                           extra=fields(key=key, revision=cur.revision))
-            return await store.update(key, value, cur.revision, ttl=ttl)
+            went_back = mine and cur.revision < self.revision  # restored from an older snapshot?
+            if cur.value != value:
+                self.revision = await store.update(key, value, cur.revision)
+                self._rewritten_at = asyncio.get_running_loop().time()
+            else:
+                self.revision = cur.revision
+            self._emit(EntryChecked(cur.revision, anomaly=went_back or not mine))
+            return
         # Another node holds our key: it reclaimed the address while we were silent (or
         # someone wrote it by hand). Fighting over it would flap both nodes; we move instead.
         log.error("our address is now held by another node; moving to a new one",
                   extra=fields(key=key, revision=cur.revision))
         await self.claim()
         self._emit(RebuildWatch("we moved to a new address"))
-        return None
+
+    async def publish(self, endpoints: tuple[str, ...]) -> None:
+        """Our candidate endpoints changed: rewrite our entry with them (at most every
+        MIN_REWRITE_GAP seconds; every node hears this write)."""
+        if endpoints == self.peer.endpoints or self._store is None or self.leaving:
+            return
+        if not self.revision:  # not claimed yet: the claim writes them
+            self.peer = replace(self.peer, endpoints=endpoints)
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._rewritten_at + MIN_REWRITE_GAP - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        log.info("publishing our candidate endpoints", extra=fields(endpoints=",".join(endpoints) or "-"))
+        self.peer = replace(self.peer, endpoints=endpoints)
+        await self.check()  # rewrites the entry, compare-and-set on its revision
 
     async def _reopen_bucket(self) -> None:
         assert self._store is not None
@@ -183,15 +223,15 @@ class Membership:
             self._emit(RebuildWatch("the bucket was gone"))
 
     async def leave(self) -> None:
-        """Remove our entry (only while it is ours); heartbeats stop for good if it worked."""
+        """Remove our entry (only while it is ours); nothing is rewritten after that."""
         if self._store is None or not self._store.connected:
             raise IktoError("not connected to NATS: cannot remove our entry now")
         self.leaving = True
         try:
-            async with self._lock:  # a heartbeat in flight finishes first (it moves our revision)
+            async with self._lock:  # a check in flight finishes first (it may move our revision)
                 outcome = await remove_entry(self._store, self.key, self.public_key, self.revision or None)
         except BaseException:
-            self.leaving = False  # a failed leave leaves the node as it was: heartbeats go on
+            self.leaving = False  # a failed leave leaves the node as it was
             raise
         if outcome is Removal.NOT_OURS:
             log.warning("our address is held by another node now; leaving its entry alone",

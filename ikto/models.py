@@ -17,23 +17,41 @@ class Peer:
     advertise_address: Address
     allowed_ip: Network
     wg_port: int
+    # Candidate endpoints beyond the advertised one ("host:port"). None: the entry has no such
+    # field, so it was written by ikto v0.3, which never writes presence records.
+    endpoints: tuple[str, ...] | None = None
 
     @property
     def endpoint(self) -> str:
         """host:port as WireGuard writes it (IPv6 in brackets)."""
-        if self.advertise_address.version == 6:
-            return f"[{self.advertise_address}]:{self.wg_port}"
-        return f"{self.advertise_address}:{self.wg_port}"
+        return endpoint_text(self.advertise_address, self.wg_port)
+
+    @property
+    def speaks(self) -> bool:
+        """True for an ikto node, which writes its own presence record (v0.3 nodes do not)."""
+        return self.endpoints is not None
+
+    def candidates(self) -> tuple[str, ...]:
+        """Every endpoint worth trying, the advertised one first, without repeats."""
+        return tuple(dict.fromkeys((self.endpoint, *(self.endpoints or ()))))
 
     def to_entry(self) -> dict[str, object]:
-        """The JSON object stored in the bucket (readable by ikto v0.3)."""
-        return {
+        """The JSON object stored in the bucket (readable by ikto v0.3: extra fields are ignored)."""
+        out: dict[str, object] = {
             "name": self.name,
             "public_key": self.public_key,
             "advertise_address": str(self.advertise_address),
             "allowed_ip": str(self.allowed_ip),
             "wg_port": self.wg_port,
         }
+        if self.endpoints is not None:
+            out["endpoints"] = list(self.endpoints)
+        return out
+
+
+def endpoint_text(address: Address, port: int) -> str:
+    """host:port as WireGuard writes it (IPv6 in brackets)."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +123,8 @@ class PeerWant:
     name: str
     config: PeerConfig | None
     why_absent: str = "not in the bucket"
+    # The session works: keep the endpoint WireGuard learned, whatever config.endpoint says.
+    keep_endpoint: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from ikto.models import Peer, PeerChange, PeerConfig, PeerWant, Plan, WgPeer
 
 
-def peer_config(peer: Peer, keepalive: int) -> PeerConfig:
-    """What WireGuard should hold for one mesh peer."""
-    return PeerConfig(peer.public_key, (str(peer.allowed_ip),), peer.endpoint, keepalive)
+def peer_config(peer: Peer, keepalive: int, endpoint: str | None = None) -> PeerConfig:
+    """What WireGuard should hold for one mesh peer (at `endpoint`, else the advertised one)."""
+    return PeerConfig(peer.public_key, (str(peer.allowed_ip),), endpoint or peer.endpoint, keepalive)
 
 
-def want(peer: Peer, keepalive: int) -> PeerWant:
-    """A peer we want in WireGuard."""
-    return PeerWant(peer.name, peer_config(peer, keepalive))
+def want(peer: Peer, keepalive: int, endpoint: str | None = None, *, keep_endpoint: bool = False) -> PeerWant:
+    """A peer we want in WireGuard; `keep_endpoint`: its session works, keep what WireGuard learned."""
+    return PeerWant(peer.name, peer_config(peer, keepalive, endpoint), keep_endpoint=keep_endpoint)
 
 
-def matches(want: PeerConfig, have: WgPeer) -> bool:
+def matches(want: PeerConfig, have: WgPeer, *, keep_endpoint: bool = False) -> bool:
     """True if WireGuard already holds exactly what we want for this peer."""
-    return not differences(want, have)
+    return not differences(want, have, keep_endpoint=keep_endpoint)
 
 
-def differences(want: PeerConfig, have: WgPeer) -> list[str]:
-    """What differs between the wanted and the held peer, as `field old -> new` texts."""
+def differences(want: PeerConfig, have: WgPeer, *, keep_endpoint: bool = False) -> list[str]:
+    """What differs between the wanted and the held peer, as `field old -> new` texts.
+
+    With `keep_endpoint` the endpoint is not compared: a working session's endpoint is one
+    WireGuard learned from authenticated packets, a fact the bucket must not overwrite.
+    """
     out = []
-    if want.endpoint != have.endpoint:
+    if want.endpoint != have.endpoint and not keep_endpoint:
         out.append(f"endpoint {have.endpoint or '(none)'} -> {want.endpoint}")
     if sorted(want.allowed_ips) != sorted(have.allowed_ips):
         out.append(f"allowed-ips {','.join(have.allowed_ips) or '(none)'} -> {','.join(want.allowed_ips)}")
@@ -44,7 +49,7 @@ def diff(
     `wanted` maps public keys to what we want, including keys we know but leave out (config
     None) so a removal can say why. With `public_keys`, only those peers are compared:
     O(changed), not O(peers). Unchanged peers are left alone, so their sessions and learned
-    state survive.
+    state survive, and so does the endpoint of a peer whose session works (keep_endpoint).
     """
     keys: Iterable[str] = public_keys if public_keys is not None else set(wanted) | set(observed)
     to_set: list[PeerConfig] = []
@@ -62,9 +67,11 @@ def diff(
         elif have is None:
             to_set.append(new)
             changes.append(PeerChange(k, w.name if w else "?", None, new, "new peer"))
-        elif what := differences(new, have):
+        elif w is not None and (what := differences(new, have, keep_endpoint=w.keep_endpoint)):
+            if w.keep_endpoint:
+                new = replace(new, endpoint="")  # `wg set` without an endpoint keeps WireGuard's
             to_set.append(new)
-            changes.append(PeerChange(k, w.name if w else "?", have, new, "; ".join(what)))
+            changes.append(PeerChange(k, w.name, have, new, "; ".join(what)))
     return Plan(set=tuple(to_set), remove=tuple(to_remove), changes=tuple(changes))
 
 
@@ -76,7 +83,7 @@ def applied(plan: Plan, observed: dict[str, WgPeer]) -> None:
         old = observed.get(pc.public_key)
         observed[pc.public_key] = WgPeer(
             public_key=pc.public_key,
-            endpoint=pc.endpoint,
+            endpoint=pc.endpoint or (old.endpoint if old else None),
             allowed_ips=pc.allowed_ips,
             latest_handshake=old.latest_handshake if old else 0,
             rx_bytes=old.rx_bytes if old else 0,

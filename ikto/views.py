@@ -29,10 +29,14 @@ def health(agent: Agent) -> dict[str, Any]:
     connected = agent.store is not None and agent.store.connected
     done = agent.follower.snapshot_done
     a = agent.applier
+    watch_error = agent.follower.watch_error
     return {
-        "ok": connected and done,
+        "ok": connected and done and watch_error is None,
         "nats_connected": connected,
         "snapshot_loaded": done,
+        "watch_error": watch_error,
+        "presence": "often" if agent.presence.needed else "rarely",
+        "server_clock_skew_s": None if agent.clock.skew is None else round(agent.clock.skew, 3),
         "peers_wanted": len(agent.mesh.peers()),
         "peers_in_wireguard": len(a.observed),
         "rejected_entries": len(agent.mesh.rejected),
@@ -58,13 +62,14 @@ async def peers(agent: Agent) -> list[dict[str, Any]]:
         key = ipam.peer_key(p.allowed_ip)
         wp = dev.peers.get(p.public_key)
         hs = wp.latest_handshake if wp else 0
-        silent = agent.vitals.silence(key)
         verdict = agent.vitals.verdict(key, wp is not None)
+        silent = verdict.silent_s
         out.append(
             {
                 **p.to_entry(),
                 "state": str(verdict.state),
                 "evidence": verdict.evidence and str(verdict.evidence),
+                "path": agent.paths.describe(p.public_key) if wp is not None else None,
                 "in_wireguard": wp is not None,
                 "silent_s": None if silent is None else round(silent),
                 "endpoint": wp.endpoint if wp else None,

@@ -1,52 +1,196 @@
-"""Signs of life of every peer, and the decisions taken from them (with liveness.py)."""
+"""Signs of life of every peer — learned for free from WireGuard and the watch, or read on
+demand from the bucket — and the decisions taken from them with liveness.py.
+
+Data-plane signs are keyed by public key (WireGuard's identity), the others by bucket key.
+See docs/liveness.md.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from ikto import liveness
+from ikto.clock import Clock
+from ikto.liveness import Signs
 from ikto.log import fields
 from ikto.mesh import Mesh
+from ikto.models import WgDevice
 
 log = logging.getLogger("ikto.agent")
 
+PROBE_BUDGET = 64  # records read per tick at most, however many peers look silent
+
+
+@dataclass(slots=True)
+class _Wire:
+    """What our WireGuard showed of one public key."""
+
+    rx: int
+    handshake: int
+    since: float  # when we first saw it in WireGuard (monotonic)
+    sign_at: float | None = None  # last sign of life: a new handshake or more bytes (monotonic)
+    session_at: float | None = None  # last sign the session works (monotonic)
+
+
+@dataclass(slots=True)
+class _Record:
+    """The last read of a peer's presence or witness record."""
+
+    stamp: float | None  # the record's server timestamp (POSIX seconds); None: absent
+    next_read: float = 0.0  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """One pass over every peer: what to read, and whether peers need our presence often."""
+
+    probe: list[tuple[str, bool]] = field(default_factory=list)  # (key, speaks for itself)
+    presence_needed: bool = False
+
 
 class Vitals:
-    """Owns the liveness policy and what it has told the operator (warnings given once)."""
+    """Owns the evidence about every peer and what the operator was told (warnings once)."""
 
     def __init__(
-        self, policy: liveness.Policy, mesh: Callable[[], Mesh], grace_floor: Callable[[], float | None]
+        self,
+        policy: liveness.Policy,
+        mesh: Callable[[], Mesh],
+        clock: Clock,
+        heartbeat_interval: float,
     ) -> None:
         self.policy = policy
         self._mesh = mesh
-        self._grace_floor = grace_floor
+        self._clock = clock
+        self._hb = heartbeat_interval
+        self._wire: dict[str, _Wire] = {}
+        self._records: dict[str, _Record] = {}
+        self._floor: float | None = None  # server clock: control-plane ages restart here
+        self._looked_at: float | None = None  # monotonic time of the last look at WireGuard
         self._mass_silence_warned = False
 
-    def silence(self, key: str) -> float | None:
-        """Seconds since the peer at `key` last wrote its entry (server clock), None if unknown."""
+    # Gathering evidence
+
+    def observe(self, dev: WgDevice) -> None:
+        """A fresh `wg show dump`: new handshakes and growing receive counters are signs."""
+        now, wall = self._clock.mono(), self._clock.wall()
+        self._looked_at = now
+        wire = self._wire
+        for pk, p in dev.peers.items():
+            w = wire.get(pk)
+            if w is None:
+                w = wire[pk] = _Wire(p.rx_bytes, p.latest_handshake, now)
+                if p.latest_handshake:  # from before we looked: the wall clocks say how long ago
+                    w.sign_at = w.session_at = now - max(0.0, wall - p.latest_handshake)
+                continue
+            if p.latest_handshake > w.handshake or p.rx_bytes > w.rx:
+                w.sign_at = w.session_at = now
+            w.rx, w.handshake = p.rx_bytes, p.latest_handshake
+        for pk in wire.keys() - dev.peers.keys():
+            del wire[pk]
+
+    def recorded(self, key: str, stamp: datetime | None) -> None:
+        """A probe read the record of the peer at `key` (stamp: its server timestamp)."""
+        r = self._records.setdefault(key, _Record(None))
+        r.stamp = stamp.timestamp() if stamp is not None else None
+        silent = liveness.silence(self._signs(key, floored=False))
+        r.next_read = self._clock.mono() + self._probe_interval(silent)
+
+    def restart_grace(self) -> None:
+        """After an outage of ours (a fresh snapshot), every peer gets a fresh grace."""
+        self._floor = self._clock.server()
+
+    def _probe_interval(self, silent: float | None) -> float:
+        # A peer silent for long is read less often: a dead one costs one read per
+        # reclaim_after/4 at most, a newly silent one is read every heartbeat.
+        s = silent or 0.0
+        return max(self._hb, min(s / 10, self.policy.reclaim_after / 4))
+
+    # Reading it
+
+    def signs(self, key: str) -> Signs:
+        """The age of each kind of evidence about the peer at `key`."""
+        return self._signs(key, floored=True)
+
+    def _signs(self, key: str, *, floored: bool) -> Signs:
         mesh = self._mesh()
-        return liveness.silence(mesh.written.get(key), mesh.server_now, self._grace_floor())
+        server = self._clock.server()
+        floor = self._floor if floored else None
+        held = mesh.entries.get(key)
+        w = self._wire.get(held[1].public_key) if held is not None else None
+        r = self._records.get(key)
+        record = liveness.age(r.stamp if r else None, server, floor)
+        speaks = held is not None and held[1].speaks
+        # The data plane is measured up to our last look at it, not to now: looks are up to a
+        # minute apart in a large mesh, and a peer must not seem silent between two of them.
+        looked = self._looked_at if self._looked_at is not None else self._clock.mono()
+        return Signs(
+            handshake=None if w is None or w.sign_at is None else max(0.0, looked - w.sign_at),
+            presence=record if speaks else None,
+            witness=None if speaks else record,
+            entry=liveness.age(mesh.written.get(key), server, floor),
+        )
 
     def verdict(self, key: str, in_wireguard: bool) -> liveness.Verdict:
         """The state shown for the peer at `key`."""
         expired = key in self._mesh().expired
-        silent = self.silence(key)
-        return liveness.judge(silent, expired=expired, in_wireguard=in_wireguard, policy=self.policy)
+        return liveness.judge(self.signs(key), expired=expired, in_wireguard=in_wireguard, policy=self.policy)
+
+    def session_fresh(self, public_key: str) -> bool:
+        """Does WireGuard hold a working session with this peer (a sign within 180 s)?"""
+        w = self._wire.get(public_key)
+        return w is not None and w.session_at is not None and (
+            self._clock.mono() - w.session_at < liveness.SESSION_FRESH
+        )
+
+    def handshake_age(self, public_key: str) -> float | None:
+        w = self._wire.get(public_key)
+        return None if w is None or w.sign_at is None else self._clock.mono() - w.sign_at
+
+    # Deciding
+
+    def review(self) -> Review:
+        """Which records to read now, and whether peers need our presence often."""
+        now = self._clock.mono()
+        looked = self._looked_at if self._looked_at is not None else now
+        mesh = self._mesh()
+        due: list[tuple[float, str, bool]] = []
+        needed = False
+        for key, (_, peer) in mesh.entries.items():
+            if key == mesh.spec.self_key:
+                continue
+            signs = self._signs(key, floored=False)
+            r = self._records.get(key)
+            if liveness.needs_probe(signs, self.policy) and (r is None or r.next_read <= now):
+                due.append((r.next_read if r else 0.0, key, peer.speaks))
+            w = self._wire.get(peer.public_key)
+            if peer.speaks and w is not None and not needed:  # a peer we hold, able to read ours
+                gap = looked - max(w.sign_at or w.since, w.since)
+                other = min((a for a in (signs.presence, signs.entry) if a is not None), default=None)
+                needed = liveness.needs_presence(gap, other, self.policy)
+        due.sort()
+        return Review([(k, speaks) for _, k, speaks in due[:PROBE_BUDGET]], needed)
 
     def expire(self) -> set[str]:
         """Decide which peers are out of WireGuard now; the public keys whose state changed."""
         mesh = self._mesh()
-        silent = {k: self.silence(k) for k in mesh.entries if k != mesh.spec.self_key}
-        decision = liveness.expire(silent, mesh.expired, self.policy)
+        keys = [k for k in mesh.entries if k != mesh.spec.self_key]
+        silent = {k: liveness.silence(self.signs(k)) for k in keys}
+        # Out stays out until a real sign of life (the grace after an outage is not one).
+        already = {k for k in mesh.expired if not liveness.back(self._signs(k, floored=False), self.policy)}
+        decision = liveness.expire(silent, already, self.policy)
         if decision.held_back:
             if not self._mass_silence_warned:
                 log.warning("more than half of the peers look silent: not removing any",
                             extra=fields(silent=decision.silent, peers=len(silent)))
                 self._mass_silence_warned = True
-            return set()
+            return mesh.set_expired(set(decision.expired))
         self._mass_silence_warned = False
         for k in decision.expired - mesh.expired:
             log.warning("peer silent too long; removed from WireGuard, entry kept",
                         extra=fields(node=mesh.entries[k][1].name, key=k, silent_s=round(silent[k] or 0)))
+        for k in mesh.expired - decision.expired:
+            log.info("peer alive again; back in WireGuard", extra=fields(node=mesh.entries[k][1].name, key=k))
         return mesh.set_expired(set(decision.expired))

@@ -31,7 +31,7 @@ from ikto.errors import IktoError
 from ikto.ipam import Interface
 from ikto.keys import is_valid_public_key
 from ikto.models import Link, PeerConfig, Plan, WgDevice
-from ikto.wgfacts import parse_dump, parse_ip_addr, parse_ip_link
+from ikto.wgfacts import parse_dump, parse_host_addresses, parse_ip_addr, parse_ip_link
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ class WgApi(Protocol):
     def delete(self) -> None: ...
     def dump(self) -> WgDevice: ...
     def addresses(self) -> list[Interface]: ...
+    def host_addresses(self) -> list[Interface]: ...
     def configure(self, listen_port: int, private_key_path: Path) -> None: ...
     def add_address(self, iface: Interface) -> None: ...
     def remove_address(self, iface: Interface) -> None: ...
@@ -253,6 +254,10 @@ class Wg:
     def addresses(self) -> list[IPv4Interface | IPv6Interface]:
         """The addresses on the interface (link-local included)."""
         return parse_ip_addr(self.run(["ip", "-j", "addr", "show", "dev", self.dev]))
+
+    def host_addresses(self) -> list[IPv4Interface | IPv6Interface]:
+        """This host's global addresses on every link but ours (candidate endpoints)."""
+        return parse_host_addresses(self.run(["ip", "-j", "addr", "show"]), skip=(self.dev, "lo"))
 
     def configure(self, listen_port: int, private_key_path: Path) -> None:
         """Set the listen port and private key (the key goes by file, never in argv)."""

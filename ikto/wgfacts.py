@@ -65,3 +65,15 @@ def parse_ip_addr(json_text: str) -> list[IPv4Interface | IPv6Interface]:
             if a.get("family") in ("inet", "inet6") and "local" in a:
                 out.append(ip_interface(f"{a['local']}/{a['prefixlen']}"))
     return out
+
+
+def parse_host_addresses(json_text: str, skip: tuple[str, ...] = ()) -> list[IPv4Interface | IPv6Interface]:
+    """Parse `ip -j addr show`: the global-scope addresses of every link not in `skip`."""
+    out: list[IPv4Interface | IPv6Interface] = []
+    for link in json.loads(json_text) if json_text.strip() else []:
+        if link.get("ifname") in skip:
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("family") in ("inet", "inet6") and "local" in a and a.get("scope", "global") == "global":
+                out.append(ip_interface(f"{a['local']}/{a['prefixlen']}"))
+    return out

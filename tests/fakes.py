@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ikto import keys
+from ikto.clock import Clock
 from ikto.ipam import Interface
 from ikto.models import Link, Plan, WgDevice, WgPeer
 from ikto.reconcile import applied
@@ -28,6 +29,7 @@ class FakeWg:
         self.key = ""
         self.peers: dict[str, WgPeer] = {}
         self.addrs: list[Interface] = []
+        self.host_addrs: list[Interface] = []
 
     def public_key(self, private_b64: str) -> str:
         self.key = keys.public_key(private_b64)
@@ -60,6 +62,9 @@ class FakeWg:
 
     def addresses(self) -> list[Interface]:
         return list(self.addrs)
+
+    def host_addresses(self) -> list[Interface]:
+        return list(self.host_addrs)
 
     def add_address(self, iface: Interface) -> None:
         self.calls.append(("add_address", iface))
@@ -103,3 +108,22 @@ async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+class FakeClock(Clock):
+    """A clock for tests: time moves only when told to."""
+
+    def __init__(self, mono: float = 1000.0, wall: float = 1_800_000_000.0) -> None:
+        super().__init__()
+        self.now_mono = mono
+        self.now_wall = wall
+
+    def mono(self) -> float:
+        return self.now_mono
+
+    def wall(self) -> float:
+        return self.now_wall
+
+    def advance(self, seconds: float) -> None:
+        self.now_mono += seconds
+        self.now_wall += seconds

@@ -47,8 +47,6 @@ T = TypeVar("T")
 #   discard=new).
 BUCKET_HISTORY = 5
 BUCKET_MAX_VALUE_SIZE = MAX_VALUE_BYTES
-# 2.11+: how long the server keeps the delete marker of a key whose TTL expired.
-MARKER_TTL = 3600.0
 REQUEST_TIMEOUT = 5.0  # seconds for one JetStream API request
 # Reads, watches and bucket calls go through JetStream API subjects ($JS.API.DIRECT.GET...):
 # a permission violation on any of them fails the pending ones.
@@ -70,7 +68,6 @@ class Store:
         self._denial_waiters: dict[asyncio.Future[str], tuple[str, ...]] = {}
         self._last_denial: tuple[float, str] | None = None
         self._closing = False
-        self.ttl_supported = False
 
     @classmethod
     async def connect(
@@ -178,9 +175,6 @@ class Store:
                 )
             kv_config = KeyValueConfig(
                 bucket=bucket,
-                # 2.11+: expired keys (per-key TTL) leave a delete marker watchers see, kept
-                # this long. Older servers would refuse the field, so only ask where it exists.
-                limit_marker_ttl=MARKER_TTL if self.server_version >= (2, 11) else None,
                 history=BUCKET_HISTORY,
                 max_value_size=BUCKET_MAX_VALUE_SIZE,
                 replicas=replicas,
@@ -189,10 +183,6 @@ class Store:
             kv = await self._call(f"creating bucket {bucket}", self._create_bucket(kv_config))
         self._kv = kv
         self._bucket = bucket
-        status = await self._call(f"reading bucket {bucket}", kv.status())
-        self.ttl_supported = bool(getattr(status.stream_info.config, "allow_msg_ttl", False)) and (
-            self.server_version >= (2, 11)
-        )
 
     async def _lookup(self, bucket: str) -> KeyValue | None:
         try:
@@ -228,19 +218,9 @@ class Store:
         return ident, int(info.state.last_seq or 0)
 
     async def server_time(self) -> datetime | None:
-        """The server's timestamp of the newest message in the bucket: a clock we share with
-        every node (never the local clock), fresh as long as any node writes."""
-        kv = self._bucket_kv()
+        """The server's timestamp of the newest message in the bucket (None: empty bucket)."""
         _, last = await self.stream_info()
-        if last == 0:
-            return None
-        try:
-            msg = await self._call(
-                f"reading bucket {self._bucket}", self._js.get_msg(kv._stream, seq=last, direct=kv._direct)
-            )
-        except StoreError:
-            return None
-        return msg.time
+        return await self.stamp(last) if last else None
 
     # Keys
 
@@ -249,44 +229,41 @@ class Store:
         kv = self._bucket_kv()
         return await self._call(f"reading {self._subject(key)}", _get_or_none(kv, key))
 
-    def _ttl(self, ttl: float | None) -> float | None:
-        return ttl if ttl is not None and self.ttl_supported else None
-
-    async def create(self, key: str, value: bytes, ttl: float | None = None) -> int:
-        """Store value under key if the key has no value (also after a delete); its revision.
-
-        `ttl` (seconds) makes the server expire the key unless rewritten (2.11+; ignored before).
-        """
+    async def create(self, key: str, value: bytes) -> int:
+        """Store value under key if the key has no value (also after a delete); its revision."""
         kv = self._bucket_kv()
         subject = self._subject(key)
         try:
-            return await self._call(
-                f"publish to {subject}", kv.create(key, value, msg_ttl=self._ttl(ttl)), (subject,)
-            )
+            return await self._call(f"publish to {subject}", kv.create(key, value), (subject,))
         except RevisionMismatchError:
             raise KeyExistsError(f"NATS: {key} already exists in bucket {self._bucket}") from None
 
-    async def update(self, key: str, value: bytes, revision: int, ttl: float | None = None) -> int:
+    async def update(self, key: str, value: bytes, revision: int) -> int:
         """Replace key's value if its latest revision is still `revision`; the new revision."""
         kv = self._bucket_kv()
         subject = self._subject(key)
-        ttl = self._ttl(ttl)
-        if ttl is None:
-            op = kv.update(key, value, last=revision)
-        else:  # KeyValue.update() takes no TTL: publish with the same CAS header ourselves
-            op = self._publish_cas(subject, value, revision, ttl)
-        return await self._call(f"publish to {subject}", op, (subject,))
-
-    async def _publish_cas(self, subject: str, value: bytes, revision: int, ttl: float) -> int:
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
-        ack = await self._js.publish(subject, value, headers=headers, msg_ttl=ttl)
-        return int(ack.seq)
+        return await self._call(f"publish to {subject}", kv.update(key, value, last=revision), (subject,))
 
     async def put(self, key: str, value: bytes) -> int:
         """Store value under key unconditionally; its revision."""
         kv = self._bucket_kv()
         subject = self._subject(key)
         return await self._call(f"publish to {subject}", kv.put(key, value), (subject,))
+
+    async def stamp(self, revision: int) -> datetime | None:
+        """The server's timestamp of the message at `revision` (None if it is gone)."""
+        kv = self._bucket_kv()
+        try:
+            get = self._js.get_msg(kv._stream, seq=revision, direct=kv._direct)
+            msg = await self._call(f"reading bucket {self._bucket}", get)
+        except StoreError:
+            return None
+        return msg.time
+
+    @property
+    def client_ip(self) -> str | None:
+        """Our address as the NATS server sees it (behind a NAT: the NAT's public address)."""
+        return self._nc.client_ip
 
     async def delete(self, key: str, revision: int | None = None) -> None:
         """Put a delete marker on key; with `revision`, only if that is still its latest."""

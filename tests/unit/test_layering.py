@@ -10,17 +10,22 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "ikto"
-PURE = ["ikto.models", "ikto.ipam", "ikto.entry", "ikto.mesh", "ikto.reconcile", "ikto.render", "ikto.liveness"]
+PURE = [
+    "ikto.models", "ikto.ipam", "ikto.entry", "ikto.mesh", "ikto.reconcile", "ikto.render", "ikto.liveness",
+    "ikto.paths", "ikto.records",
+]
 
 
 @pytest.mark.parametrize("module", PURE)
 def test_the_pure_core_loads_no_settings_nats_or_shell(module: str) -> None:
     code = (
         f"import sys, {module}; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic_settings', 'nats', 'sh', 'aiohttp')); "
+        "bad = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('pydantic_settings', 'nats', 'sh', 'aiohttp')); "
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = run.stdout.strip()
     assert out == "", f"{module} loads {out}"
 
 

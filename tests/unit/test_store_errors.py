@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import nats.errors
 import nats.js.errors
 import pytest
@@ -26,7 +24,7 @@ def api(code: int, desc: str) -> nats.js.errors.APIError:
         (api(10059, "stream not found"), e.BucketNotFoundError, "bucket b does not exist"),
         (api(10026, "maximum consumers limit reached"), e.ConsumerLimitError, "max-consumers"),
         (nats.errors.NoRespondersError(), e.StoreError, "no JetStream on the server"),
-        (asyncio.TimeoutError(), e.StoreError, "timed out after 5 s"),
+        (TimeoutError(), e.StoreError, "timed out after 5 s"),
         (api(10074, "some other problem"), e.StoreError, "some other problem (error 10074)"),
     ],
 )

@@ -1,0 +1,147 @@
+"""Which endpoint WireGuard should use for each peer: the one that works, else candidates in turn.
+
+WireGuard learns a peer's endpoint from every authenticated packet (roaming). That endpoint is
+a fact and is kept while the session works; the bucket's endpoints are only candidates to try
+when nothing works. See docs/liveness.md "Endpoints".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from ikto import ipam
+from ikto.ipam import Address, Network
+from ikto.models import Peer, WgDevice, endpoint_text
+
+TRY_SECONDS = 5.0  # per candidate: about one WireGuard handshake retry (REKEY_TIMEOUT)
+MAX_WAIT = 300.0  # between rounds that all failed, at most
+MAX_CANDIDATES = 8  # what an entry may list (entry.MAX_ENDPOINTS)
+
+
+def our_candidates(
+    *,
+    sighted: str | None,
+    nats_sees: str | None,
+    local: Iterable[Address],
+    port: int,
+    advertise: Address,
+    mesh: Network,
+) -> tuple[str, ...]:
+    """The endpoints we publish beside our advertise address, most useful first: where other
+    nodes see us, where the NATS server sees us connect from (with our WireGuard port: right
+    behind a port-preserving NAT), then this host's own addresses."""
+    out: list[str] = [sighted] if sighted else []
+    addresses: list[Address] = []
+    if nats_sees:
+        with contextlib.suppress(ValueError):
+            addresses.append(ip_address(nats_sees))
+    addresses += local
+    for a in addresses:
+        if not ipam.unusable_endpoint_reason(a) and a not in mesh and not a.is_loopback:
+            out.append(endpoint_text(a, port))
+    mine = endpoint_text(advertise, port)
+    return tuple(e for e in dict.fromkeys(out) if e != mine)[:MAX_CANDIDATES]
+
+
+@dataclass(slots=True)
+class Trial:
+    """Trying a peer's candidates: which one now, since when, how many rounds failed."""
+
+    order: tuple[str, ...]
+    index: int
+    since: float  # monotonic
+    rounds: int = 0
+    resume_at: float | None = None  # waiting between rounds until then
+
+    def endpoint(self) -> str:
+        return self.order[0] if self.resume_at is not None else self.order[self.index]
+
+
+def advance(trial: Trial, now: float) -> bool:
+    """Move a trial on at `now`; True if the endpoint to try changed."""
+    before = trial.endpoint()
+    if trial.resume_at is not None:
+        if now >= trial.resume_at:
+            trial.resume_at, trial.index, trial.since = None, 0, now
+    elif now - trial.since >= TRY_SECONDS:
+        trial.index, trial.since = trial.index + 1, now
+        if trial.index >= len(trial.order):
+            trial.rounds += 1
+            trial.index = 0
+            trial.resume_at = now + min(TRY_SECONDS * 2**trial.rounds, MAX_WAIT)
+    return trial.endpoint() != before
+
+
+class Paths:
+    """Owns the endpoint that last worked for each peer and the trials under way."""
+
+    def __init__(self, mono: Callable[[], float], session_fresh: Callable[[str], bool]) -> None:
+        self._mono = mono
+        self._fresh = session_fresh
+        self._working: dict[str, str] = {}
+        self._trials: dict[str, Trial] = {}
+
+    @property
+    def trying(self) -> bool:
+        """Is some candidate being tried right now (not waiting between rounds)?"""
+        return any(t.resume_at is None for t in self._trials.values())
+
+    def want(self, peer: Peer) -> tuple[str, bool]:
+        """(the endpoint to give WireGuard, whether to keep the one it has instead)."""
+        pk = peer.public_key
+        if self._fresh(pk):
+            return self._working.get(pk, peer.endpoint), True
+        trial = self._trials.get(pk)
+        if trial is not None:
+            return trial.endpoint(), False
+        working = self._working.get(pk)
+        return working or peer.endpoint, False
+
+    def observed(self, dev: WgDevice, peers: Iterable[Peer]) -> set[str]:
+        """After a look at WireGuard: remember what works, start, move on or end trials.
+
+        Returns the public keys whose wanted endpoint changed (they must be applied)."""
+        now = self._mono()
+        changed: set[str] = set()
+        live = set()
+        for peer in peers:
+            pk = peer.public_key
+            live.add(pk)
+            have = dev.peers.get(pk)
+            if have is None:
+                continue
+            if self._fresh(pk):
+                if have.endpoint:
+                    self._working[pk] = have.endpoint
+                self._trials.pop(pk, None)
+                continue
+            order = tuple(dict.fromkeys(x for x in (self._working.get(pk), *peer.candidates()) if x))
+            trial = self._trials.get(pk)
+            if trial is None or trial.order != order:
+                if len(order) < 2:
+                    self._trials.pop(pk, None)
+                    continue
+                trial = self._trials[pk] = Trial(order, 0, now)
+                if have.endpoint != trial.endpoint():
+                    changed.add(pk)
+            elif advance(trial, now):
+                changed.add(pk)
+        for gone in self._trials.keys() - live:
+            del self._trials[gone]
+        for gone in self._working.keys() - live:
+            del self._working[gone]
+        return changed
+
+    def describe(self, public_key: str) -> str:
+        """How we reach a peer, for `ikto status`."""
+        if self._fresh(public_key):
+            return "direct"
+        t = self._trials.get(public_key)
+        if t is None:
+            return "no session"
+        if t.resume_at is None:
+            return f"trying {t.index + 1}/{len(t.order)}"
+        return f"no direct path ({t.rounds} rounds of {len(t.order)} candidates)"
