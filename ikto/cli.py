@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ikto import __version__, ipam, keys
+from ikto import __version__, ipam, keys, show
 from ikto.config import DEFAULT_MESH, DEFAULT_PREFIX, DEFAULT_SOCKET, ConfigError, load_config, write_config
 from ikto.errors import IktoError, UsageError
 
@@ -114,6 +114,15 @@ def init(
         if found is None:
             raise UsageError("no default route to take an address from; pass --advertise-address")
         advertise_address = str(found)
+        if not found.is_global:
+            print(
+                f"ikto: warning: {found} (this host's address on its default route) is a private address; "
+                "nodes outside its network cannot reach it directly. If this host has a public address "
+                "(or a port forwarded to it), pass --advertise-address; otherwise the agent publishes "
+                "where other nodes and the NATS server see it (NAT traversal), which works unless both "
+                "sides of a pair are behind NATs that randomise ports",
+                file=sys.stderr,
+            )
     _, created = keys.write_private_key(private_key_path)
     if not created:
         print(f"ikto: using the existing key at {private_key_path}", file=sys.stderr)
@@ -196,15 +205,6 @@ def agent(
     raise typer.Exit(code)
 
 
-def _print_peer(p: dict[str, Any]) -> None:
-    print(f"Name: {p['name']}")
-    print(f"Public Key: {p['public_key']}")
-    print(f"Advertise Address: {p['advertise_address']}")
-    print(f"Allowed IP: {p['allowed_ip']}")
-    print(f"WireGuard Port: {p['wg_port']}")
-    print()
-
-
 @app.command()
 def info(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
     """Print the local node and its peers (as ikto v0.3 did)."""
@@ -215,30 +215,7 @@ def info(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps({"self": node, "peers": peers}, indent=2))
         return
-    print("Local Node:")
-    _print_peer(node)
-    print("Peers:")
-    for p in peers:
-        _print_peer(p)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s ago"
-    if s < 7200:
-        return f"{s // 60}m ago"
-    return f"{s // 3600}h ago"
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n:.1f} TiB"
+    print("\n".join(show.info(node, peers)))
 
 
 @app.command()
@@ -250,33 +227,7 @@ def status(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None
     if as_json:
         print(json.dumps(st, indent=2))
         return
-    node, health = st["node"], st["health"]
-    state = "healthy" if health["ok"] else "DEGRADED"
-    print(
-        f"node {node['name']} {node['allowed_ip']} on {node['dev']} "
-        f"({state}; nats {'connected' if health['nats_connected'] else 'DISCONNECTED'})"
-    )
-    rows = [("NAME", "ALLOWED IP", "ENDPOINT", "HANDSHAKE", "RX", "TX", "STATE")]
-    for p in st["peers"]:
-        rows.append(
-            (
-                p["name"] or "-",
-                p["allowed_ip"],
-                p["endpoint"] or f"{p['advertise_address']}:{p['wg_port']}",
-                _age(p["handshake_age_s"]),
-                _bytes(p["rx_bytes"]),
-                _bytes(p["tx_bytes"]),
-                p.get("state") or ("ok" if p["in_wireguard"] else "pending"),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    print(f"{len(st['peers'])} peer(s)")
-    if st["rejected"]:
-        print("\nrejected entries:")
-        for r in st["rejected"]:
-            print(f"  {r['key']} (revision {r['revision']}): {r['reason']}")
+    print("\n".join(show.status(st)))
 
 
 @app.command()

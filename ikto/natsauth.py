@@ -1,7 +1,9 @@
 """Per-node NATS permissions for a mesh bucket: the nats-server `authorization` block. Pure.
 
-Each node may publish only to its own key, `$KV.<bucket>.peers.<its key>`, plus the
-JetStream API subjects that reading and watching the bucket need; never `$JS.>`. An admin
+Each node may publish only to its own entry `$KV.<bucket>.peers.<id>` and presence record
+`$KV.<bucket>.alive.<id>`, to the witness records `$KV.<bucket>.seen.*` (what it sees of other
+nodes: docs/liveness.md), plus the JetStream API subjects that reading and watching the bucket
+need; never `$JS.>`. An admin
 user creates the bucket. `ikto nats-permissions` prints the block; docs/nats-permissions.md
 says how to use it.
 """
@@ -22,7 +24,9 @@ def node_publish(bucket: str, key: str) -> list[str]:
     """What a node with bucket key `key` (e.g. peers.MTk4…) may publish to."""
     stream = f"KV_{bucket}"
     return [
-        f"$KV.{bucket}.{key}",  # our entry: claim, heartbeat, leave
+        f"$KV.{bucket}.{key}",  # our entry: claim, candidate endpoints, put back, leave
+        f"$KV.{bucket}.{ipam.alive_key(key)}",  # our presence record
+        f"$KV.{bucket}.seen.*",  # witness records: what we see of other nodes
         "$JS.API.INFO",  # account info (nats-py asks before using JetStream)
         f"$JS.API.STREAM.INFO.{stream}",  # open the bucket; notice it was recreated
         f"$JS.API.DIRECT.GET.{stream}",  # the newest message by sequence (the server's clock)

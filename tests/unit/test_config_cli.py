@@ -73,6 +73,20 @@ def test_init_prints_to_stdout_and_defaults_advertise_from_route(tmp_path):
     assert ip_address(data["advertise_address"]) == ip_address("198.18.0.42")
 
 
+def test_init_warns_when_the_address_it_picked_is_private(tmp_path):
+    private = ROUTE.replace("198.18.0.42", "192.168.1.5")
+    r, _ = init_with_fake_ip(tmp_path, private)
+    assert r.returncode == 0, r.stderr
+    warning = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(warning) == 1 and warning[0].startswith("ikto: warning: 192.168.1.5")
+    assert "--advertise-address" in warning[0] and "NAT traversal" in warning[0]
+    # a public address (only ever printed by the fake `ip`, never contacted) gets no warning
+    public = ROUTE.replace("198.18.0.42", "9.9.9.9")
+    (tmp_path / "p").mkdir()
+    r, _ = init_with_fake_ip(tmp_path / "p", public)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
 def test_init_without_a_default_route_says_to_pass_the_address(tmp_path):
     r, calls = init_with_fake_ip(tmp_path, None)
     assert calls == ["-j route get 192.0.2.1", "-j route get 2001:db8::1"]  # IPv4, then IPv6

@@ -22,7 +22,10 @@ def test_a_node_may_publish_to_its_own_key_and_the_read_and_watch_api_only() -> 
     key = ipam.peer_key(ip_network("198.19.11.0/24"))
     allowed = node_publish("ikto-mesh", key)
     assert allowed[0] == f"$KV.ikto-mesh.{key}"
-    assert [s for s in allowed if s.startswith("$KV.")] == [allowed[0]]
+    # its entry, its presence record, and witness records about others; no other node's entry
+    kv = [s for s in allowed if s.startswith("$KV.")]
+    assert kv == [allowed[0], f"$KV.ikto-mesh.{ipam.alive_key(key)}", "$KV.ikto-mesh.seen.*"]
+    assert not any(s.startswith("$KV.ikto-mesh.peers.") and s != allowed[0] for s in allowed)
     assert "$JS.>" not in allowed and "$JS.API.>" not in allowed
     assert not any("DELETE.KV" in s and "CONSUMER" not in s for s in allowed)  # no stream delete
     assert not any("PURGE" in s for s in allowed)
