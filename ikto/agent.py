@@ -80,7 +80,8 @@ class Agent:
         self.membership = Membership(config, config_path, self.public_key, emit, lambda: len(self.mesh))
         self.follower = Follower(self._spec(), emit)
         policy = liveness.Policy(config.stale_after, config.remove_after, config.reclaim_after)
-        self.vitals = Vitals(policy, lambda: self.mesh, self.clock, hb)
+        keepalive = config.persistent_keepalive
+        self.vitals = Vitals(policy, lambda: self.mesh, self.clock, hb, keepalive, self._look)
         self.paths = Paths(self.clock.mono, self.vitals.session_fresh)
         rarely = config.reclaim_after / 4
         self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb, rarely)
@@ -90,7 +91,7 @@ class Agent:
         self.writer = FileWriter(lambda: self.config.wg_config_path, desired.prepare_file)
         self.applier = Applier(
             self.wg, desired.wanted, desired.syncconf_text, self.iface.ensure, self._observed,
-            self.writer.changed, lambda: look_interval(len(self.mesh), hb, self.paths.trying),
+            self.writer.changed, self._look,
         )
         self.store: Store | None = None
         self.started = time.time()
@@ -112,6 +113,9 @@ class Agent:
     @property
     def mesh(self) -> Mesh:
         return self.follower.mesh
+
+    def _look(self) -> float:
+        return look_interval(len(self.mesh), self.config.heartbeat_interval, self.paths.trying)
 
     def _spec(self) -> MeshSpec:
         c = self.config

@@ -157,14 +157,18 @@ class Applier:
             self._on_applied()
 
 
+LOOK_SECONDS = 5.0  # between two looks at WireGuard in a small mesh
+
+
 def look_interval(peers: int, heartbeat_interval: float, trying: bool) -> float:
-    """Seconds between two looks at `wg show dump` (each also a full comparison): often in a
-    small mesh, at most RESYNC_SECONDS apart, and about every second while endpoints are
-    being tried — but a look at 10,000 peers costs ~110 ms, so never more than ~1 % of it."""
+    """Seconds between two looks at `wg show dump` (each also a full comparison): every 5 s (or
+    heartbeat) in a small mesh, every second while endpoints are being tried — but a look at
+    10,000 peers costs ~110 ms (docs/facts.md), so at most ~1 % of the time, and at least
+    every RESYNC_SECONDS."""
     cost = peers / 1000 * 0.11
     if trying:
         return max(1.0, cost * 20)
-    return min(RESYNC_SECONDS, max(heartbeat_interval, cost * 100))
+    return min(RESYNC_SECONDS, max(min(LOOK_SECONDS, heartbeat_interval), cost * 100))
 
 
 def _log_plan(plan: Plan, ms: float) -> None:

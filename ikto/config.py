@@ -107,8 +107,12 @@ class Config(BaseSettings):
     config_dir: Path = Field(default=Path("/etc/wireguard"), description="where <dev>.conf is written")
     log_level: str = Field(default="info", description="debug, info, warning or error")
     # Liveness (seconds, on the NATS server's clock): see README "Failure behaviour".
-    heartbeat_interval: float = Field(default=10.0, description="how often we rewrite our entry")
-    stale_after: float = Field(default=45.0, description="a peer silent this long is shown stale")
+    heartbeat_interval: float = Field(
+        default=10.0, description="how often liveness is reviewed (and presence written when a peer needs it)"
+    )
+    stale_after: float = Field(
+        default=30.0, description="a peer silent this long past its usual rhythm is shown stale"
+    )
     remove_after: float = Field(
         default=600.0, description="a peer silent this long is taken out of WireGuard (entry kept)"
     )

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from ikto.entry import MeshSpec
 from ikto.events import Event, OwnEntrySeen, PeersChanged, SnapshotLoaded
 from ikto.log import fields
 from ikto.mesh import Mesh
-from ikto.store import ConsumerLimitError, Store, StoreError
+from ikto.store import ConsumerLimitError, Entry, Store, StoreError
 
 log = logging.getLogger("ikto.agent")
 
@@ -84,12 +84,16 @@ class Follower:
         """Read a snapshot into a new Mesh, hand it over whole, then follow the changes."""
         assert self._store is not None
         mesh = Mesh(self.spec)
-        self_key = mesh.spec.self_key
         self._live = False
         self._max_rev = 0
         with contextlib.suppress(StoreError):
             self._ident, _ = await self._store.stream_info()
-        async for e in self._store.watch(PATTERN):
+        async with contextlib.aclosing(self._store.watch(PATTERN)) as entries:
+            await self._follow(mesh, entries)
+
+    async def _follow(self, mesh: Mesh, entries: AsyncIterator[Entry | None]) -> None:
+        self_key = mesh.spec.self_key
+        async for e in entries:
             if e is None:
                 if not self._live:
                     self._snapshot_loaded(mesh)

@@ -16,6 +16,9 @@ from enum import StrEnum
 
 SESSION_FRESH = 180.0
 """WireGuard's REJECT_AFTER_TIME: a handshake younger than this is a working session."""
+REKEY_AFTER_TIME = 120.0
+"""While we send (our keepalives), WireGuard renews the session this often: a peer that never
+sends by itself (ikto v0.3 sets no keepalive) still answers a handshake every two minutes."""
 
 
 class State(StrEnum):
@@ -47,7 +50,7 @@ class Policy:
 class Signs:
     """How old each kind of evidence about one peer is, in seconds (None: none known)."""
 
-    handshake: float | None = None
+    handshake: float | None = None  # past the peer's expected cadence: see quiet()
     presence: float | None = None
     witness: float | None = None
     entry: float | None = None
@@ -76,6 +79,24 @@ class Verdict:
     state: State
     silent_s: float | None
     evidence: Evidence | None
+
+
+def cadence(*, keeps_alive: bool, keepalive: int, look_interval: float) -> float:
+    """How long a live peer may stay quiet on our data plane, as we look at it.
+
+    A peer sending keepalives every `keepalive` seconds (an ikto node: ours, the same setting)
+    is heard at least that often; one that never sends by itself (ikto v0.3) answers the
+    handshakes our keepalives cause, every REKEY_AFTER_TIME; with keepalives off, only a
+    session's life (SESSION_FRESH) tells anything. Looks at WireGuard are `look_interval` apart.
+    """
+    if keepalive <= 0:
+        return SESSION_FRESH + look_interval
+    return (keepalive if keeps_alive else REKEY_AFTER_TIME) + look_interval
+
+
+def quiet(data_plane_age: float | None, expected: float) -> float | None:
+    """The data plane's silence: how far past its expected cadence a peer has been quiet."""
+    return None if data_plane_age is None else max(0.0, data_plane_age - expected)
 
 
 def age(then: float | None, now: float, floor: float | None = None) -> float | None:

@@ -60,11 +60,15 @@ class Vitals:
         mesh: Callable[[], Mesh],
         clock: Clock,
         heartbeat_interval: float,
+        keepalive: int,
+        look_interval: Callable[[], float],
     ) -> None:
         self.policy = policy
         self._mesh = mesh
         self._clock = clock
         self._hb = heartbeat_interval
+        self._keepalive = keepalive
+        self._look_interval = look_interval
         self._wire: dict[str, _Wire] = {}
         self._records: dict[str, _Record] = {}
         self._floor: float | None = None  # server clock: control-plane ages restart here
@@ -123,11 +127,14 @@ class Vitals:
         r = self._records.get(key)
         record = liveness.age(r.stamp if r else None, server, floor)
         speaks = held is not None and held[1].speaks
-        # The data plane is measured up to our last look at it, not to now: looks are up to a
-        # minute apart in a large mesh, and a peer must not seem silent between two of them.
+        # The data plane is measured up to our last look at it, not to now (looks are up to a
+        # minute apart in a large mesh), and past the cadence a live peer keeps on it.
         looked = self._looked_at if self._looked_at is not None else self._clock.mono()
+        dp_age = None if w is None or w.sign_at is None else max(0.0, looked - w.sign_at)
+        expected = liveness.cadence(keeps_alive=speaks, keepalive=self._keepalive,
+                                    look_interval=self._look_interval())
         return Signs(
-            handshake=None if w is None or w.sign_at is None else max(0.0, looked - w.sign_at),
+            handshake=liveness.quiet(dp_age, expected),
             presence=record if speaks else None,
             witness=None if speaks else record,
             entry=liveness.age(mesh.written.get(key), server, floor),
@@ -158,6 +165,9 @@ class Vitals:
         mesh = self._mesh()
         due: list[tuple[float, str, bool]] = []
         needed = False
+        expected = liveness.cadence(
+            keeps_alive=True, keepalive=self._keepalive, look_interval=self._look_interval()
+        )
         for key, (_, peer) in mesh.entries.items():
             if key == mesh.spec.self_key:
                 continue
@@ -167,7 +177,7 @@ class Vitals:
                 due.append((r.next_read if r else 0.0, key, peer.speaks))
             w = self._wire.get(peer.public_key)
             if peer.speaks and w is not None and not needed:  # a peer we hold, able to read ours
-                gap = looked - max(w.sign_at or w.since, w.since)
+                gap = liveness.quiet(looked - max(w.sign_at or w.since, w.since), expected)
                 other = min((a for a in (signs.presence, signs.entry) if a is not None), default=None)
                 needed = liveness.needs_presence(gap, other, self.policy)
         due.sort()

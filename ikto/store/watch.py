@@ -16,6 +16,7 @@ T = TypeVar("T")
 Call = Callable[[str, Awaitable[T]], Awaitable[T]]
 
 SNAPSHOT_QUIET = 1.0  # s: see watch()
+DELETE_TIMEOUT = 2.0  # s for deleting our consumer when the watch ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,8 @@ async def watch(kv: KeyValue, call: Call[Any], what: str, pattern: str) -> Async
     snapshot complete only after that many have arrived: every entry present when the watch
     started is in the snapshot. Should the server count one too many (it has, with
     deliver-last-per-subject), the first message reporting nothing pending followed by a
-    quiet SNAPSHOT_QUIET completes it instead.
+    quiet SNAPSHOT_QUIET completes it instead. Close the generator (contextlib.aclosing) to
+    stop watching: its consumer is then deleted on the server.
     """
     watcher = await call(what, kv.watch(pattern))
     sub = watcher._sub
@@ -88,3 +90,7 @@ async def watch(kv: KeyValue, call: Call[Any], what: str, pattern: str) -> Async
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
+        # nats-py leaves the consumer on the server until it notices the silence; delete it,
+        # so that a restart or a rebuild does not hold a second one against the bucket's limit.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(kv._js.delete_consumer(kv._stream, sub._consumer), DELETE_TIMEOUT)

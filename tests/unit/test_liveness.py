@@ -11,10 +11,12 @@ from ikto.liveness import (
     State,
     age,
     back,
+    cadence,
     expire,
     judge,
     needs_presence,
     needs_probe,
+    quiet,
     reclaimable,
     silence,
     witness_interval,
@@ -146,3 +148,21 @@ def test_witness_intervals_spread_the_observers():
     assert sorted(intervals)[0] <= 4 * 15.0  # the first observer: rank 0 to 3, whatever the draw
     again = witness_interval("o1", "subject", 1000, 15.0, 900.0)
     assert again == witness_interval("o1", "subject", 1000, 15.0, 900.0)  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("keeps_alive", "keepalive", "want"),
+    [
+        (True, 25, 30.0),  # an ikto node sends every 25 s; we look every 5 s
+        (False, 25, 125.0),  # a v0.3 node only answers the rekeys our keepalives cause
+        (True, 0, 185.0),  # keepalives off: only the session's life says anything
+    ],
+)
+def test_cadence(keeps_alive, keepalive, want):
+    assert cadence(keeps_alive=keeps_alive, keepalive=keepalive, look_interval=5.0) == want
+
+
+def test_quiet_counts_only_past_the_cadence():
+    assert quiet(None, 30.0) is None
+    assert quiet(20.0, 30.0) == 0.0  # a live peer between two keepalives is not silent
+    assert quiet(100.0, 30.0) == 70.0

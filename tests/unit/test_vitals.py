@@ -12,13 +12,15 @@ from fakes import FakeClock
 
 from ikto import ipam, keys
 from ikto.entry import MeshSpec
-from ikto.liveness import Evidence, Policy, State
+from ikto.liveness import Evidence, Policy, State, cadence
 from ikto.mesh import Mesh
 from ikto.models import WgDevice, WgPeer
 from ikto.vitals import Vitals
 
 P = Policy(stale_after=45, remove_after=600, reclaim_after=3600)
 SELF = ipam.peer_key(ip_network("fd10:ffff::/48"))
+KEEPALIVE, LOOK = 5, 5.0
+V03 = cadence(keeps_alive=False, keepalive=KEEPALIVE, look_interval=LOOK)  # answers rekeys only
 
 
 def world(n: int = 3, **extra: object) -> tuple[Vitals, Mesh, FakeClock, list[tuple[str, str]]]:
@@ -32,7 +34,7 @@ def world(n: int = 3, **extra: object) -> tuple[Vitals, Mesh, FakeClock, list[tu
         when = datetime.fromtimestamp(clock.server() - 5000, UTC)  # written long ago
         mesh.put(key, json.dumps(entry(net, public_key=pk, **extra)).encode(), i, when)
         peers.append((key, pk))
-    return Vitals(P, lambda: mesh, clock, 10.0), mesh, clock, peers
+    return Vitals(P, lambda: mesh, clock, 10.0, KEEPALIVE, lambda: LOOK), mesh, clock, peers
 
 
 def dump(rx: dict[str, int], hs: dict[str, int] | None = None) -> WgDevice:
@@ -58,7 +60,7 @@ def test_a_skewed_wall_clock_does_not_age_the_data_plane() -> None:
     v, _, clock, peers = world(1)
     (k, p) = peers[0]
     v.observe(dump({p: 1}, {p: int(clock.wall()) - 600}))  # wireguard-go's clock 10 min behind ours
-    assert v.signs(k).handshake == 600.0
+    assert v.signs(k).handshake == 600.0 - V03  # quiet past the cadence of a v0.3 peer
     clock.advance(10)
     v.observe(dump({p: 2}, {p: int(clock.wall()) - 600}))  # more bytes: a sign, on our clock
     assert v.signs(k).handshake == 0.0 and v.session_fresh(p)
