@@ -29,7 +29,12 @@ STATE_DIR = Path(os.environ.get("IKTO_FAULTS_STATE_DIR", "/run/ikto-faults"))
 # nodes' writes fail for 9-16 s here while others' succeed, and at 8 s live peers were
 # taken out of WireGuard (docs/facts.md, "JetStream cluster failover"). 20 s keeps the
 # tests short and honest.
-FAST = {"heartbeat_interval": 1.0, "stale_after": 3.0, "remove_after": 20.0, "reclaim_after": 60.0}
+FAST = {
+    "heartbeat_interval": 1.0, "stale_after": 3.0, "remove_after": 20.0, "reclaim_after": 60.0,
+    # Liveness is learned from the data plane first: a keepalive every second lets these shrunk
+    # timings hold (with 25 s, a live peer is legitimately quiet for 25 s: docs/liveness.md).
+    "persistent_keepalive": 1,
+}
 BUCKET = "ikto-mesh"
 NODES = 4
 CONVERGE = 45.0
@@ -95,6 +100,11 @@ class FaultLab(NamespaceLab):
         """Drop the WireGuard UDP between nodes a and b (both directions, filtered on a)."""
         ub = self.underlay(b)
         self.block(a, [["-p", "udp", "-s", ub], ["-p", "udp", "-d", ub]])
+
+    def silence(self, node: str) -> None:
+        """Drop all of node's WireGuard UDP: to its peers it is as good as dead on the data plane."""
+        port = str(self.config(node).get("wg_port", 51820))
+        self.block(node, [["-p", "udp", "--dport", port], ["-p", "udp", "--sport", port]])
 
     def pause_agent(self, node: str) -> None:
         """SIGSTOP node's agent (it keeps its sockets but answers nothing)."""
@@ -249,6 +259,11 @@ def unreachable(lab: NamespaceLab, pairs: list[tuple[str, str]], timeout: float 
 def peer_states(lab: NamespaceLab, node: str) -> dict[str, str]:
     """name -> liveness state (ok, stale, expired, pending) as node's agent reports it."""
     return {p["name"]: p["state"] for p in lab.agent_status(node)["peers"]}
+
+
+def peer_view(lab: NamespaceLab, node: str) -> dict[str, dict[str, Any]]:
+    """name -> everything node's agent reports about that peer (state, evidence, path, ...)."""
+    return {p["name"]: p for p in lab.agent_status(node)["peers"]}
 
 
 class Background:

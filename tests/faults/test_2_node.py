@@ -23,6 +23,7 @@ from faultlab import (
     identities,
     join_one,
     peer_states,
+    peer_view,
     pinging,
     unreachable,
 )
@@ -93,13 +94,41 @@ def test_wireguard_udp_dropped_between_two_nodes(healthy: FaultLab) -> None:
     assert unreachable(lab, [(a, b), (b, a)], timeout=15) == []
 
 
-def test_agent_stopped_past_stale_then_resumed(healthy: FaultLab) -> None:
+def test_agent_stopped_while_its_wireguard_works_stays_ok(healthy: FaultLab) -> None:
+    """A stopped agent does not stop its node's WireGuard: the peers still handshake with it,
+    so it is alive (docs/liveness.md: the data plane speaks first), shown ok by its handshakes,
+    and never removed, however long the agent stays stopped."""
     lab = healthy
     ids = identities(lab)
     victim, *others = list(ids)
     lookers = others[:2]
     with guarding(lab, ids) as guard, pinging(lab, [(o, victim) for o in others]) as pings:
         lab.pause_agent(victim)
+        try:
+            deadline = time.monotonic() + FAST["remove_after"] + 4
+            while time.monotonic() < deadline:
+                seen = {o: peer_view(lab, o)[victim] for o in lookers}
+                assert all(p["state"] == "ok" for p in seen.values()), seen
+                assert all(p["evidence"] == "handshake" for p in seen.values()), seen
+                time.sleep(1)
+        finally:
+            lab.resume_agent(victim)
+    assert guard.problems == []
+    assert pings.problems == [], "the data plane broke while the agent was stopped"
+    assert all(s == "ok" for s in peer_states(lab, victim).values())
+    lab.wait_converged(30)
+
+
+def test_node_silent_past_stale_then_back(healthy: FaultLab) -> None:
+    """The node itself goes silent (agent stopped, its WireGuard traffic dropped): it is shown
+    stale, stays in everyone's WireGuard until remove_after, and is ok again when it returns."""
+    lab = healthy
+    ids = identities(lab)
+    victim, *others = list(ids)
+    lookers = others[:2]
+    with guarding(lab, ids) as guard:
+        lab.pause_agent(victim)
+        lab.silence(victim)
         try:
             wait_for(
                 f"{victim} shown stale",
@@ -109,11 +138,12 @@ def test_agent_stopped_past_stale_then_resumed(healthy: FaultLab) -> None:
             # Stale is shown, not acted on: still in everyone's WireGuard (checked by guard).
             time.sleep(1)
         finally:
+            lab.unblock(victim)
             lab.resume_agent(victim)
         wait_for(f"{victim} ok again", lambda: all(peer_states(lab, o)[victim] == "ok" for o in lookers), 10)
     assert guard.problems == []
-    assert pings.problems == [], "the data plane broke while the agent was stopped"
     assert all(s == "ok" for s in peer_states(lab, victim).values())
+    assert unreachable(lab, [(o, victim) for o in others]) == []
     lab.wait_converged(30)
 
 
