@@ -41,23 +41,21 @@ from ikto.events import (
 from ikto.filewriter import FileWriter
 from ikto.follower import Follower
 from ikto.iface import Interface
-from ikto.ipam import Address
 from ikto.log import fields
-from ikto.membership import Membership
+from ikto.membership import Membership, selfcheck_interval
 from ikto.mesh import Mesh
 from ikto.models import Peer, WgDevice
-from ikto.paths import Paths, our_candidates
+from ikto.paths import Paths
 from ikto.presence import Presence
 from ikto.prober import Prober
 from ikto.retry import retrying
 from ikto.store import PermissionDeniedError, Store
 from ikto.vitals import Vitals
-from ikto.wg import Wg, WgApi, WgError
+from ikto.wg import Wg, WgApi
 
 log = logging.getLogger("ikto.agent")
 
 ServeApi = Callable[["Agent"], Awaitable[Callable[[], Awaitable[None]]]]
-LOCAL_ADDRESSES_EVERY = 600.0  # seconds between two looks at this host's addresses
 
 
 class Agent:
@@ -77,14 +75,16 @@ class Agent:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         emit = self._events.put_nowait
         hb = config.heartbeat_interval
-        self.membership = Membership(config, config_path, self.public_key, emit, lambda: len(self.mesh))
+        self.membership = Membership(
+            config, config_path, self.public_key, emit, lambda: len(self.mesh), self.wg.host_addresses
+        )
         self.follower = Follower(self._spec(), emit)
         policy = liveness.Policy(config.stale_after, config.remove_after, config.reclaim_after)
         keepalive = config.persistent_keepalive
         self.vitals = Vitals(policy, lambda: self.mesh, self.clock, hb, keepalive, self._look)
         self.paths = Paths(self.clock.mono, self.vitals.session_fresh)
         rarely = config.reclaim_after / 4
-        self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb, rarely)
+        self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb / 2, rarely)
         self.prober = Prober(config.name, self.public_key, self.clock, self.vitals, policy)
         self.iface = Interface(config, private_key, self.public_key, self.wg)
         desired = Desired(lambda: self.mesh, lambda: self.config, self.paths, self.public_key, private_key)
@@ -98,9 +98,6 @@ class Agent:
         self._stop = asyncio.Event()
         self._applied_snapshot = asyncio.Event()
         self.ready = asyncio.Event()  # the mesh is applied and our address claimed
-        self._local: list[Address] = []  # this host's addresses, looked at now and then
-        self._local_at = -LOCAL_ADDRESSES_EVERY
-        self._sighted: str | None = None  # where other nodes last reported seeing us
 
     @property
     def config(self) -> Config:
@@ -216,7 +213,7 @@ class Agent:
         return store
 
     async def _claim(self) -> bool:
-        await self._refresh_candidates()
+        await self.membership.refresh_endpoints(None)
         await self.membership.claim()
         return True
 
@@ -238,7 +235,9 @@ class Agent:
                 case SnapshotLoaded():
                     self.vitals.restart_grace()
                     self.applier.ready = True
-                    self.applier.hold_removals(3 * self.config.heartbeat_interval)
+                    # Nodes put a lost entry back within one self-check: give them three.
+                    hold = 3 * selfcheck_interval(self.config.heartbeat_interval, len(self.mesh))
+                    self.applier.hold_removals(hold)
                     await self.applier.full_reconcile()
                     self._applied_snapshot.set()
                 case PeersChanged(public_keys=touched):
@@ -274,28 +273,12 @@ class Agent:
 
     async def _checkup(self) -> None:
         """Every heartbeat_interval: read the records liveness needs, decide, and help others."""
-        review = self.vitals.review()
+        review = self.vitals.review(self.presence.needed)
         await self.prober.probe(review.probe)
         self.presence.need(review.presence_needed)
         if self.follower.snapshot_done:
             self.applier.mark(self.vitals.expire())
-        mesh, dev = self.mesh, self.applier.device
-        if dev is not None:
-            held = [(k, p) for k, (_, p) in mesh.entries.items() if k != mesh.spec.self_key]
-            await self.prober.witness(dev, held, len(mesh))
+        if (dev := self.applier.device) is not None:
+            await self.prober.witness(dev, self.mesh.others(), len(self.mesh))
         if review.presence_needed:  # somebody cannot reach us: where do others see us?
-            self._sighted = await self.prober.sighting_of_us(self.membership.key) or self._sighted
-            await self._refresh_candidates()
-
-    async def _refresh_candidates(self) -> None:
-        """Publish our candidate endpoints if they changed (docs/liveness.md "Endpoints")."""
-        c, now = self.config, self.clock.mono()
-        if now - self._local_at >= LOCAL_ADDRESSES_EVERY:
-            self._local_at = now
-            with contextlib.suppress(WgError):
-                self._local = [a.ip for a in await asyncio.to_thread(self.wg.host_addresses)]
-        assert c.advertise_address is not None and self.store is not None
-        await self.membership.publish(our_candidates(
-            sighted=self._sighted, nats_sees=self.store.client_ip, local=self._local,
-            port=c.wg_port, advertise=c.advertise_address, mesh=c.mesh_cidr,
-        ))
+            await self.membership.refresh_endpoints(await self.prober.sighting_of_us(self.membership.key))

@@ -170,12 +170,19 @@ def needs_probe(signs: Signs, policy: Policy) -> bool:
     return not free or min(free) > policy.stale_after / 2
 
 
-def needs_presence(handshake_age: float | None, other: float | None, policy: Policy) -> bool:
+def needs_presence(
+    handshake_age: float | None, other: float | None, policy: Policy, *, already: bool = False
+) -> bool:
     """Must we write our presence often for this peer? When it is alive by other evidence but
     our data plane has not heard it for half of stale_after (it cannot hear us either: a
-    handshake is mutual), so it is reading our presence record to know we are alive."""
+    handshake is mutual), so it is reading our presence record to know we are alive.
+
+    `already`: we write often now; we keep doing so while the peer is not silent for
+    remove_after, so that a late record on either side does not make both stop (hysteresis).
+    """
     lost = handshake_age is None or handshake_age > policy.stale_after / 2
-    return lost and other is not None and other <= policy.stale_after
+    alive_within = policy.remove_after if already else policy.stale_after
+    return lost and other is not None and other <= alive_within
 
 
 def witness_interval(observer: str, subject: str, observers: int, base: float, cap: float) -> float:

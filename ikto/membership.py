@@ -21,14 +21,18 @@ from ikto.config import Config
 from ikto.errors import IktoError
 from ikto.events import EntryChecked, Event, Moved, RebuildWatch
 from ikto.files import write_atomic
+from ikto.ipam import Address, Interface
 from ikto.log import fields
 from ikto.models import Peer
+from ikto.paths import our_candidates
 from ikto.store import BucketNotFoundError, KeyExistsError, RevisionMismatchError, Store, StoreError
+from ikto.wg import WgError
 
 log = logging.getLogger("ikto.agent")
 
 CHECKS_PER_SECOND = 100.0  # the whole mesh's self-checks together, about
 MIN_REWRITE_GAP = 10.0  # seconds between rewrites for new candidate endpoints
+LOCAL_ADDRESSES_EVERY = 600.0  # seconds between two looks at this host's addresses
 
 
 class Removal(StrEnum):
@@ -74,6 +78,7 @@ class Membership:
         public_key: str,
         emit: Callable[[Event], None],
         mesh_size: Callable[[], int],
+        host_addresses: Callable[[], list[Interface]],
     ) -> None:
         assert config.advertise_address is not None
         self.config = config
@@ -89,6 +94,10 @@ class Membership:
         self._lock = asyncio.Lock()  # one writer of our entry at a time: checks, rewrites, leave
         self._poke = asyncio.Event()
         self._rewritten_at = 0.0
+        self._host_addresses = host_addresses
+        self._local: list[Address] = []  # this host's addresses, looked at now and then
+        self._local_at: float | None = None  # loop time
+        self._sighted: str | None = None  # where other nodes last reported seeing us
 
     @property
     def key(self) -> str:
@@ -198,6 +207,22 @@ class Membership:
                   extra=fields(key=key, revision=cur.revision))
         await self.claim()
         self._emit(RebuildWatch("we moved to a new address"))
+
+    async def refresh_endpoints(self, sighted: str | None) -> None:
+        """Publish our candidate endpoints if they changed: where others see us (`sighted`, kept
+        once learned), where the NATS server sees us, and this host's addresses."""
+        assert self._store is not None and self.config.advertise_address is not None
+        now = asyncio.get_running_loop().time()
+        if self._local_at is None or now - self._local_at >= LOCAL_ADDRESSES_EVERY:
+            self._local_at = now
+            with contextlib.suppress(WgError):
+                self._local = [a.ip for a in await asyncio.to_thread(self._host_addresses)]
+        self._sighted = sighted or self._sighted
+        c = self.config
+        await self.publish(our_candidates(
+            sighted=self._sighted, nats_sees=self._store.client_ip, local=self._local,
+            port=c.wg_port, advertise=self.peer.advertise_address, mesh=c.mesh_cidr,
+        ))
 
     async def publish(self, endpoints: tuple[str, ...]) -> None:
         """Our candidate endpoints changed: rewrite our entry with them (at most every

@@ -163,3 +163,7 @@ class Mesh:
         shared = self._shared.get(public_key)
         key = self._earliest(shared) if shared else self._by_pubkey.get(public_key)
         return (key, self.entries[key][1]) if key is not None else None
+
+    def others(self) -> list[tuple[str, Peer]]:
+        """Every valid entry but our own, as (key, peer)."""
+        return [(k, p) for k, (_, p) in self.entries.items() if k != self.spec.self_key]

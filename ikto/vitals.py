@@ -158,8 +158,9 @@ class Vitals:
 
     # Deciding
 
-    def review(self) -> Review:
-        """Which records to read now, and whether peers need our presence often."""
+    def review(self, presence_often: bool = False) -> Review:
+        """Which records to read now, and whether peers need our presence often (we write it
+        often now: `presence_often`)."""
         now = self._clock.mono()
         looked = self._looked_at if self._looked_at is not None else now
         mesh = self._mesh()
@@ -179,7 +180,7 @@ class Vitals:
             if peer.speaks and w is not None and not needed:  # a peer we hold, able to read ours
                 gap = liveness.quiet(looked - max(w.sign_at or w.since, w.since), expected)
                 other = min((a for a in (signs.presence, signs.entry) if a is not None), default=None)
-                needed = liveness.needs_presence(gap, other, self.policy)
+                needed = liveness.needs_presence(gap, other, self.policy, already=presence_often)
         due.sort()
         return Review([(k, speaks) for _, k, speaks in due[:PROBE_BUDGET]], needed)
 

@@ -166,3 +166,10 @@ def test_quiet_counts_only_past_the_cadence():
     assert quiet(None, 30.0) is None
     assert quiet(20.0, 30.0) == 0.0  # a live peer between two keepalives is not silent
     assert quiet(100.0, 30.0) == 70.0
+
+
+def test_writing_presence_often_is_sticky_until_the_peer_is_gone():
+    assert not needs_presence(30.0, 46.0, P)  # a late record: would not start writing often…
+    assert needs_presence(30.0, 46.0, P, already=True)  # …but does not stop because of it
+    assert not needs_presence(30.0, 601.0, P, already=True)  # gone for remove_after: stop
+    assert not needs_presence(5.0, 3.0, P, already=True)  # the data plane works again: stop
