@@ -115,7 +115,8 @@ async def test_an_idle_mesh_writes_nothing_under_peers(start_agent, open_store):
     b, wgb = await start_agent("fd10:a6::", **FAST)
     await until(lambda: b.public_key in wga.peers and a.public_key in wgb.peers)
     stop = asyncio.Event()
-    hs = [asyncio.create_task(handshaking(w, pk, stop)) for w, pk in ((wga, b.public_key), (wgb, a.public_key))]
+    pairs = ((wga, b.public_key), (wgb, a.public_key))
+    hs = [asyncio.create_task(handshaking(w, pk, stop)) for w, pk in pairs]
     try:
         await asyncio.sleep(2)
         store = await open_store()
