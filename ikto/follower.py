@@ -67,17 +67,20 @@ class Follower:
             self._rebuild.clear()
             inner = asyncio.create_task(self._watch_once())
             rebuild = asyncio.create_task(self._rebuild.wait())
-            done, _ = await asyncio.wait([inner, rebuild], return_when=asyncio.FIRST_COMPLETED)
-            if inner in done:
+            try:
+                done, _ = await asyncio.wait([inner, rebuild], return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when we are cancelled: the watch must not outlive us
                 rebuild.cancel()
+                if not inner.done():
+                    inner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await inner
+            if inner in done and not inner.cancelled():
                 exc = inner.exception()
                 if exc is not None and not isinstance(exc, StoreError):
                     raise exc
                 await self._pause_after(exc)
                 continue
-            inner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await inner
             log.warning("rebuilding the watch from a fresh snapshot", extra=fields(reason=self._reason))
 
     async def _watch_once(self) -> None:

@@ -92,5 +92,6 @@ async def watch(kv: KeyValue, call: Call[Any], what: str, pattern: str) -> Async
             await watcher.stop()
         # nats-py leaves the consumer on the server until it notices the silence; delete it,
         # so that a restart or a rebuild does not hold a second one against the bucket's limit.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(kv._js.delete_consumer(kv._stream, sub._consumer), DELETE_TIMEOUT)
+        if not kv._js._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(kv._js.delete_consumer(kv._stream, sub._consumer), DELETE_TIMEOUT)
