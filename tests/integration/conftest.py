@@ -131,7 +131,7 @@ async def start_agent(
         a = Agent(cfg, cfg_path, wg=wg)  # type: ignore[arg-type]
         api = (lambda ag: serve(ag, cfg.admin_socket)) if serve_api else None
         started.append((a, asyncio.create_task(a.run(serve_api=api))))
-        await until(lambda: a.last_full_reconcile is not None)
+        await until(lambda: a.applier.last_full_reconcile is not None)
         return a, wg
 
     yield start
