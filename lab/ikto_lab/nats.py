@@ -85,7 +85,10 @@ class NatsServer:
     @classmethod
     def loopback(cls, dir: Path, *, binary: Path | None = None, args: list[str] | None = None) -> NatsServer:
         """A server on 127.0.0.1 of the current netns, on free ports."""
-        return cls(dir, port=free_port(), monitor_port=free_port(), binary=binary, args=list(args or []))
+        port, monitor_port = free_port(), free_port()
+        while monitor_port == port:
+            monitor_port = free_port()
+        return cls(dir, port=port, monitor_port=monitor_port, binary=binary, args=list(args or []))
 
     @property
     def url(self) -> str:
