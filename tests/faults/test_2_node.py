@@ -109,8 +109,9 @@ def test_agent_stopped_while_its_wireguard_works_stays_ok(healthy: FaultLab) -> 
             while time.monotonic() < deadline:
                 seen = {o: peer_view(lab, o)[victim] for o in lookers}
                 assert all(p["state"] == "ok" for p in seen.values()), seen
-                assert all(p["evidence"] == "handshake" for p in seen.values()), seen
                 time.sleep(1)
+            # long past its last presence record: what keeps it ok is its handshakes
+            assert all(p["evidence"] == "handshake" for p in seen.values()), seen
         finally:
             lab.resume_agent(victim)
     assert guard.problems == []
