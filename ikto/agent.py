@@ -261,6 +261,7 @@ class Agent:
                     log.info("reconnected to NATS; re-reading the bucket and checking our entry")
                     self.follower.rebuild("reconnected to NATS")
                     self.membership.poke()
+                    await self.membership.refresh_endpoints(None)  # the NAT may map us elsewhere now
                 case Tick():
                     if self.store is not None and self.store.connected and not self.membership.leaving:
                         await self._checkup()

@@ -43,8 +43,8 @@ class Desired:
             if pk == self._public_key:
                 continue
             if (p := mesh.winner(pk)) is not None:
-                endpoint, keep = self._paths.want(p)
-                out[pk] = want(p, ka, endpoint, keep_endpoint=keep)
+                endpoint, keep, readd = self._paths.want(p)
+                out[pk] = want(p, ka, endpoint, keep_endpoint=keep, readd=readd)
             elif (held := mesh.holder(pk)) is not None:
                 key, peer = held
                 why = "silent too long (entry kept)" if key in mesh.expired else "lost a public-key conflict"

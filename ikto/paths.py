@@ -16,7 +16,10 @@ from ikto import ipam
 from ikto.ipam import Address, Network
 from ikto.models import Peer, WgDevice, endpoint_text
 
-TRY_SECONDS = 5.0  # per candidate: about one WireGuard handshake retry (REKEY_TIMEOUT)
+# Per candidate. A peer being tried is re-added with its new endpoint, which makes WireGuard
+# send a handshake at once (an endpoint change alone waits for the 5 s retry): an answer comes
+# in milliseconds on a LAN, well under a second across the internet (docs/facts.md).
+TRY_SECONDS = 2.0
 MAX_WAIT = 300.0  # between rounds that all failed, at most
 MAX_CANDIDATES = 8  # what an entry may list (entry.MAX_ENDPOINTS)
 
@@ -89,16 +92,17 @@ class Paths:
         """Is some candidate being tried right now (not waiting between rounds)?"""
         return any(t.resume_at is None for t in self._trials.values())
 
-    def want(self, peer: Peer) -> tuple[str, bool]:
-        """(the endpoint to give WireGuard, whether to keep the one it has instead)."""
+    def want(self, peer: Peer) -> tuple[str, bool, bool]:
+        """(the endpoint to give WireGuard, whether to keep the one it has instead, whether to
+        re-add the peer to apply a new one: only while trying, when there is no session to lose)."""
         pk = peer.public_key
         if self._fresh(pk):
-            return self._working.get(pk, peer.endpoint), True
+            return self._working.get(pk, peer.endpoint), True, False
         trial = self._trials.get(pk)
         if trial is not None:
-            return trial.endpoint(), False
+            return trial.endpoint(), False, True
         working = self._working.get(pk)
-        return working or peer.endpoint, False
+        return working or peer.endpoint, False, False
 
     def observed(self, dev: WgDevice, peers: Iterable[Peer]) -> set[str]:
         """After a look at WireGuard: remember what works, start, move on or end trials.

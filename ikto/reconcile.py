@@ -13,9 +13,18 @@ def peer_config(peer: Peer, keepalive: int, endpoint: str | None = None) -> Peer
     return PeerConfig(peer.public_key, (str(peer.allowed_ip),), endpoint or peer.endpoint, keepalive)
 
 
-def want(peer: Peer, keepalive: int, endpoint: str | None = None, *, keep_endpoint: bool = False) -> PeerWant:
-    """A peer we want in WireGuard; `keep_endpoint`: its session works, keep what WireGuard learned."""
-    return PeerWant(peer.name, peer_config(peer, keepalive, endpoint), keep_endpoint=keep_endpoint)
+def want(
+    peer: Peer,
+    keepalive: int,
+    endpoint: str | None = None,
+    *,
+    keep_endpoint: bool = False,
+    readd: bool = False,
+) -> PeerWant:
+    """A peer we want in WireGuard; `keep_endpoint`: its session works, keep what WireGuard
+    learned; `readd`: it has none, re-add it when its endpoint changes (an immediate handshake)."""
+    config = peer_config(peer, keepalive, endpoint)
+    return PeerWant(peer.name, config, keep_endpoint=keep_endpoint, readd=readd)
 
 
 def matches(want: PeerConfig, have: WgPeer, *, keep_endpoint: bool = False) -> bool:
@@ -70,6 +79,9 @@ def diff(
         elif w is not None and (what := differences(new, have, keep_endpoint=w.keep_endpoint)):
             if w.keep_endpoint:
                 new = replace(new, endpoint="")  # `wg set` without an endpoint keeps WireGuard's
+            elif w.readd and new.endpoint != have.endpoint:
+                to_remove.append(k)  # removed, then set again in the same call
+                what.append("re-added for an immediate handshake")
             to_set.append(new)
             changes.append(PeerChange(k, w.name, have, new, "; ".join(what)))
     return Plan(set=tuple(to_set), remove=tuple(to_remove), changes=tuple(changes))

@@ -29,15 +29,15 @@ def test_a_working_session_keeps_the_learned_endpoint() -> None:
     fresh = {PK}
     paths, _ = setup(fresh)
     paths.observed(dev("198.51.100.77:40001", handshake=1), [NATED])
-    endpoint, keep = paths.want(NATED)
-    assert keep and endpoint == "198.51.100.77:40001"
+    endpoint, keep, readd = paths.want(NATED)
+    assert keep and not readd and endpoint == "198.51.100.77:40001"
     assert paths.describe(PK) == "direct"
 
 
 def test_without_a_session_candidates_are_tried_in_turn_then_back_off() -> None:
     paths, clock = setup(set())
     assert paths.observed(dev("192.168.1.5:51820"), [NATED]) == set()  # first: the advertised one
-    assert paths.want(NATED) == ("192.168.1.5:51820", False) and paths.trying
+    assert paths.want(NATED) == ("192.168.1.5:51820", False, True) and paths.trying
     seen = [paths.want(NATED)[0]]
     for _ in range(2):
         clock.advance(TRY_SECONDS)
@@ -65,10 +65,10 @@ def test_once_a_candidate_works_it_sticks_and_is_tried_first_next_time() -> None
     paths.observed(dev("192.168.1.5:51820"), [NATED])
     fresh.add(PK)  # the handshake came, on the second candidate
     paths.observed(dev("203.0.113.7:51820", handshake=1), [NATED])
-    assert paths.want(NATED) == ("203.0.113.7:51820", True) and not paths.trying
+    assert paths.want(NATED) == ("203.0.113.7:51820", True, False) and not paths.trying
     fresh.clear()  # the session is lost (the NAT router restarted)
     paths.observed(dev("203.0.113.7:51820"), [NATED])
-    assert paths.want(NATED) == ("203.0.113.7:51820", False)  # what worked last comes first
+    assert paths.want(NATED) == ("203.0.113.7:51820", False, True)  # what worked last comes first
 
 
 def test_a_single_candidate_is_never_cycled() -> None:
@@ -77,7 +77,7 @@ def test_a_single_candidate_is_never_cycled() -> None:
     for _ in range(5):
         assert paths.observed(dev("198.18.0.3:51820"), [v03]) == set()
         clock.advance(TRY_SECONDS)
-    assert paths.want(v03) == ("198.18.0.3:51820", False) and not paths.trying
+    assert paths.want(v03) == ("198.18.0.3:51820", False, False) and not paths.trying
 
 
 def test_reconcile_keeps_a_learned_endpoint_and_twice_changes_nothing() -> None:
@@ -92,9 +92,14 @@ def test_reconcile_keeps_a_learned_endpoint_and_twice_changes_nothing() -> None:
     applied(plan, observed)
     assert observed[PK].endpoint == "198.51.100.77:40001"
     assert not diff({PK: changed}, observed)
-    # no session: the chosen candidate is applied
+    # no session: the chosen candidate is applied; while trying, by re-adding the peer
     plan = diff({PK: want(NATED, 0, "203.0.113.7:51820")}, observed)
-    assert plan.set[0].endpoint == "203.0.113.7:51820"
+    assert plan.set[0].endpoint == "203.0.113.7:51820" and plan.remove == ()
+    plan = diff({PK: want(NATED, 0, "203.0.113.7:51820", readd=True)}, observed)
+    assert plan.remove == (PK,) and plan.set[0].endpoint == "203.0.113.7:51820"
+    assert "re-added" in plan.changes[0].why
+    applied(plan, observed)
+    assert observed[PK].endpoint == "203.0.113.7:51820"
 
 
 def test_our_candidates() -> None:
