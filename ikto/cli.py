@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ikto import __version__, ipam, keys, show
+from ikto import __version__, keys, show
 from ikto.config import DEFAULT_MESH, DEFAULT_PREFIX, DEFAULT_SOCKET, ConfigError, load_config, write_config
 from ikto.errors import IktoError, UsageError
 
@@ -89,56 +88,14 @@ def init(
 
     Example: ikto init -m fd10::/16 -p 48 --private-key-path /etc/ikto/private.key -o /etc/ikto/ikto.json
     """
-    try:
-        mesh = ip_network(mesh_ip_net, strict=True)
-    except ValueError as e:
-        raise UsageError(f"--mesh-ip-net: {e}") from None
-    try:
-        ipam.check_subnet_prefix(mesh, subnet_prefix_length)
-    except ValueError as e:
-        raise UsageError(f"--subnet-prefix-length: {e}") from None
+    from ikto.newnode import new_config
+
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} already exists; pass --force to overwrite it")
-    if private_address is not None:
-        try:
-            base = ip_address(private_address)
-            ipam.node_subnet(mesh, base, subnet_prefix_length)
-        except ValueError as e:
-            raise UsageError(f"--private-address: {e}") from None
-    else:
-        base = ipam.random_subnet(mesh, subnet_prefix_length).network_address
-    if advertise_address is None:
-        from ikto.wg import default_source_address
-
-        found = default_source_address()
-        if found is None:
-            raise UsageError("no default route to take an address from; pass --advertise-address")
-        advertise_address = str(found)
-        if not found.is_global:
-            print(
-                f"ikto: warning: {found} (this host's address on its default route) is a private address; "
-                "nodes outside its network cannot reach it directly. If this host has a public address "
-                "(or a port forwarded to it), pass --advertise-address; otherwise the agent publishes "
-                "where other nodes and the NATS server see it (NAT traversal), which works unless both "
-                "sides of a pair are behind NATs that randomise ports",
-                file=sys.stderr,
-            )
-    _, created = keys.write_private_key(private_key_path)
-    if not created:
-        print(f"ikto: using the existing key at {private_key_path}", file=sys.stderr)
-    cfg = load_config(
-        None,
-        name=name,
-        advertise_address=advertise_address,
-        private_address=str(base),
-        address_pinned=True if private_address is not None else None,
-        subnet_prefix=subnet_prefix_length,
-        mesh_cidr=str(mesh),
-        private_key_path=str(private_key_path),
-        nats_url=nats_url,
-        nats_kv=nats_kv,
-        wg_dev_name=wg_dev_name,
-        wg_port=wg_port,
+    cfg = new_config(
+        mesh_ip_net=mesh_ip_net, subnet_prefix_length=subnet_prefix_length, private_key_path=private_key_path,
+        name=name, advertise_address=advertise_address, private_address=private_address, nats_url=nats_url,
+        nats_kv=nats_kv, wg_dev_name=wg_dev_name, wg_port=wg_port,
     )
     if output is None:
         print(json.dumps(cfg.to_json_dict(), indent=2))
@@ -248,7 +205,9 @@ def leave(
     -c CONFIG: the entry is removed only if it still holds our public key.
     """
     if config is not None and not socket.exists():
-        asyncio.run(_leave_direct(config, down))
+        from ikto.admin import leave_direct
+
+        asyncio.run(leave_direct(config, down))
     else:
         from ikto.api import call
 
@@ -256,28 +215,52 @@ def leave(
     print("ikto: left the mesh" + (" and removed the interface" if down else ""), file=sys.stderr)
 
 
-async def _leave_direct(config_path: Path, down: bool) -> None:
-    from ikto.membership import Removal, remove_entry
-    from ikto.store import Store
-    from ikto.wg import Wg
+@app.command()
+def bucket(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c",
+            help=f"Node config to take the NATS settings from [default: {DEFAULT_CONFIG} if it exists].",
+            show_default=False,
+        ),
+    ] = None,
+    nats_url: Annotated[str | None, typer.Option(help="NATS server URL(s), overriding the config's.")] = None,
+    nats_creds: Annotated[
+        Path | None, typer.Option(help="NATS credentials, e.g. an admin's: nodes may not change the bucket.")
+    ] = None,
+    nats_kv: Annotated[str | None, typer.Option(help="Bucket name, overriding the config's.")] = None,
+    max_consumers: Annotated[
+        int | None,
+        typer.Option(help="Set how many watches (one per agent) the bucket allows (nats-server 2.10+)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the mesh's bucket (limits, watches, entries), or raise how many watches it allows.
 
-    cfg = load_config(config_path)
-    cfg.require_agent_fields()
-    assert cfg.private_key_path is not None
-    pub = keys.public_key(keys.read_private_key(cfg.private_key_path))
-    key = ipam.peer_key(cfg.subnet)
-    store = await Store.connect(cfg, name=f"ikto-leave {cfg.name}")
-    try:
-        await store.open_bucket(cfg.nats_kv, create=False)
-        outcome = await remove_entry(store, key, pub, None)
-    finally:
-        await store.close()
-    if outcome is Removal.ABSENT:
-        print(f"ikto: no entry at {key}; nothing to remove", file=sys.stderr)
-    elif outcome is Removal.NOT_OURS:
-        raise UsageError(f"the entry at {key} belongs to another node now; not removing it")
-    if down:
-        await asyncio.to_thread(Wg(cfg.wg_dev_name).down, cfg.wg_config_path)
+    Every agent watches the bucket through one consumer on its stream. nats-server 2.11+ caps a
+    stream at 1,000 consumers unless it says otherwise, so the 1,001st node could not watch;
+    buckets that `ikto agent` creates allow 100,000. Raise the limit of a bucket created
+    elsewhere (by `nats kv add`, or an older ikto) before the mesh outgrows it. nats-server
+    2.9 cannot change the limit in place (it does not cap it unless set).
+
+    \b
+    Examples:
+      ikto bucket -c /etc/ikto/ikto.json
+      ikto bucket -c /etc/ikto/ikto.json --nats-creds /etc/ikto/admin.creds --max-consumers 20000
+    """
+    from ikto.admin import bucket_command
+
+    if max_consumers is not None and max_consumers < 1:
+        raise UsageError(f"--max-consumers {max_consumers}: must be at least 1")
+    if config is None and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
+    cfg = load_config(config, nats_url=nats_url, nats_creds=nats_creds, nats_kv=nats_kv)
+    info = asyncio.run(bucket_command(cfg, max_consumers))
+    if as_json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return
+    print("\n".join(show.bucket(info.as_dict())))
 
 
 @app.command("nats-permissions")
@@ -301,9 +284,10 @@ def nats_permissions(
 ) -> None:
     """Print a nats-server `authorization` block in which each node may write only its own entry.
 
-    A node may publish to its own key ($KV.<bucket>.peers.<base64url of its subnet>) and to
-    the JetStream API subjects that reading and watching the bucket need, never to $JS.>; so
-    it cannot overwrite, delete or purge another node's entry, or delete the bucket. Each
+    A node may publish to its own entry ($KV.<bucket>.peers.<base64url of its subnet>) and
+    presence record (alive.<same>), to the witness records (seen.*: what it sees of others),
+    and to the JetStream API subjects that reading and watching the bucket need, never to
+    $JS.>; so it cannot overwrite, delete or purge another node's entry, or delete the bucket. Each
     node's subnet must be fixed in advance: pin it with `ikto init --private-address`. The
     admin has every right and creates the bucket; run the nodes with "create_bucket": false.
     Users and passwords may not contain ':'. See docs/nats-permissions.md.

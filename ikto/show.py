@@ -84,3 +84,19 @@ def size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def bucket(info: dict[str, Any]) -> list[str]:
+    """`ikto bucket`: the bucket's limits and usage."""
+    limit = info["max_consumers"]
+    limit_text = "server default (1,000 on nats-server 2.11+)" if limit < 0 else f"{limit:,}"
+    lines = [
+        f"bucket {info['bucket']} (stream {info['stream']}) on {info['server']}",
+        f"  watches:      {info['consumers']:,} of {limit_text}",
+        f"  entries:      {info['entries']:,} messages kept, last revision {info['last_revision']:,}",
+        f"  history:      {info['history']} revisions per key; values up to {info['max_value_size']:,} bytes",
+        f"  replicas:     {info['replicas']}; direct gets {'on' if info['direct_gets'] else 'off'}",
+    ]
+    if limit > 0 and info["consumers"] > 0.8 * limit:
+        lines.append("  warning: nearly full; raise it with --max-consumers")
+    return lines

@@ -40,6 +40,7 @@ class _Record:
     """The last read of a peer's presence or witness record."""
 
     stamp: float | None  # the record's server timestamp (POSIX seconds); None: absent
+    read_at: float = 0.0  # when we read it, on the server's clock
     next_read: float = 0.0  # monotonic
 
 
@@ -99,6 +100,7 @@ class Vitals:
         """A probe read the record of the peer at `key` (stamp: its server timestamp)."""
         r = self._records.setdefault(key, _Record(None))
         r.stamp = stamp.timestamp() if stamp is not None else None
+        r.read_at = self._clock.server()
         silent = liveness.silence(self._signs(key, floored=False))
         r.next_read = self._clock.mono() + self._probe_interval(silent)
 
@@ -125,7 +127,9 @@ class Vitals:
         held = mesh.entries.get(key)
         w = self._wire.get(held[1].public_key) if held is not None else None
         r = self._records.get(key)
-        record = liveness.age(r.stamp if r else None, server, floor)
+        # A record's age as of our last read of it (like the data plane, up to our last look):
+        # a peer must not seem to age between two reads.
+        record = liveness.age(r.stamp, r.read_at, floor) if r is not None else None
         speaks = held is not None and held[1].speaks
         # The data plane is measured up to our last look at it, not to now (looks are up to a
         # minute apart in a large mesh), and past the cadence a live peer keeps on it.

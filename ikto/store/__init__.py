@@ -4,7 +4,8 @@ Every nats-py exception is turned into a typed StoreError with a one-line messag
 can act on. Everything else in ikto sees only Entry values.
 """
 
-from ikto.store.client import BUCKET_HISTORY, BUCKET_MAX_VALUE_SIZE, Store
+from ikto.store.bucket import BUCKET_HISTORY, BUCKET_MAX_CONSUMERS, BucketInfo
+from ikto.store.client import BUCKET_MAX_VALUE_SIZE, Store
 from ikto.store.errors import (
     BucketNotFoundError,
     ConsumerLimitError,
@@ -17,7 +18,9 @@ from ikto.store.watch import Entry
 
 __all__ = [
     "BUCKET_HISTORY",
+    "BUCKET_MAX_CONSUMERS",
     "BUCKET_MAX_VALUE_SIZE",
+    "BucketInfo",
     "BucketNotFoundError",
     "ConsumerLimitError",
     "Entry",

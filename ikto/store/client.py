@@ -13,13 +13,21 @@ from typing import Any, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import StreamConfig, StreamInfo
 from nats.js.kv import KeyValue
 from nats.protocol.parser import PERMISSIONS_ERR
 
 from ikto.config import Config
 from ikto.entry import MAX_VALUE_BYTES
 from ikto.store import connection
+from ikto.store.bucket import (
+    BUCKET_HISTORY,
+    BUCKET_MAX_CONSUMERS,
+    BucketInfo,
+    bucket_info,
+    kv_stream_config,
+    stream_name,
+)
 from ikto.store.connection import CONNECT_TIMEOUT, Callback
 from ikto.store.errors import (
     KeyExistsError,
@@ -35,17 +43,16 @@ from ikto.store.watch import watch as _watch
 log = logging.getLogger("ikto.store")
 T = TypeVar("T")
 
-# Bucket limits used when open_bucket() creates the bucket:
+# Bucket limits used when open_bucket() creates the bucket (store/bucket.py):
 # - history=5: the agent only ever reads the latest value, but a few old revisions let an
 #   operator see what changed (`nats kv history`) while keeping the stream at most
-#   5 x (number of nodes) messages. Delete markers count as one revision.
+#   5 x (number of keys) messages. Delete markers count as one revision.
 # - max_value_size: entry.MAX_VALUE_BYTES.
+# - max_consumers: BUCKET_MAX_CONSUMERS watches (one per agent).
 # - replicas: 1 for a single server; 3 for a three-server cluster (survives losing one).
 # - no max_age: an entry lives until its node deletes it (2.9's expiry would not even tell
 #   watchers: docs/facts.md); no max_bytes: the number of keys already bounds the size, and
-#   a full stream would refuse every node's writes (nats-py creates KV streams with
-#   discard=new).
-BUCKET_HISTORY = 5
+#   a full stream would refuse every node's writes (discard=new).
 BUCKET_MAX_VALUE_SIZE = MAX_VALUE_BYTES
 REQUEST_TIMEOUT = 5.0  # seconds for one JetStream API request
 # Reads, watches and bucket calls go through JetStream API subjects ($JS.API.DIRECT.GET...):
@@ -173,14 +180,11 @@ class Store:
                     f"(nats kv add {bucket} --history {BUCKET_HISTORY} "
                     f"--max-value-size {BUCKET_MAX_VALUE_SIZE}) or set create_bucket: true"
                 )
-            kv_config = KeyValueConfig(
-                bucket=bucket,
-                history=BUCKET_HISTORY,
-                max_value_size=BUCKET_MAX_VALUE_SIZE,
-                replicas=replicas,
-                storage=StorageType.FILE,
+            config = kv_stream_config(
+                bucket, replicas=replicas, max_value_size=BUCKET_MAX_VALUE_SIZE,
+                max_consumers=BUCKET_MAX_CONSUMERS,
             )
-            kv = await self._call(f"creating bucket {bucket}", self._create_bucket(kv_config))
+            kv = await self._call(f"creating bucket {bucket}", self._create_bucket(bucket, config))
         self._kv = kv
         self._bucket = bucket
 
@@ -190,20 +194,37 @@ class Store:
         except nats.js.errors.BucketNotFoundError:
             return None
 
-    async def _create_bucket(self, kv_config: KeyValueConfig) -> KeyValue:
+    async def _create_bucket(self, bucket: str, config: StreamConfig) -> KeyValue:
         try:
-            kv = await self._js.create_key_value(kv_config)
+            await self._js.add_stream(config)
         except nats.js.errors.APIError as e:
             # Another node created it first with other limits ("stream name already in
             # use with a different configuration", 10058): use theirs.
             if e.err_code != 10058:
                 raise
-            return await self._js.key_value(kv_config.bucket)
+            return await self._js.key_value(bucket)
         log.info(
-            "NATS: created bucket %s (history %d, max value %d bytes, %d replica(s))",
-            kv_config.bucket, BUCKET_HISTORY, BUCKET_MAX_VALUE_SIZE, kv_config.replicas,
+            "NATS: created bucket %s (history %d, max value %d bytes, %d replica(s), up to %d watches)",
+            bucket, BUCKET_HISTORY, BUCKET_MAX_VALUE_SIZE, config.num_replicas, config.max_consumers,
         )
-        return kv
+        return await self._js.key_value(bucket)
+
+    async def bucket_info(self) -> BucketInfo:
+        """The bucket's limits and usage (`ikto bucket`)."""
+        info = await self._stream_info()
+        v = self._nc.connected_server_version
+        return bucket_info(self._bucket, info, f"nats-server {v.major}.{v.minor}.{v.patch}")
+
+    async def _stream_info(self) -> StreamInfo:
+        info = self._js.stream_info(stream_name(self._bucket))
+        return await self._call(f"reading bucket {self._bucket}", info)
+
+    async def set_max_consumers(self, limit: int) -> BucketInfo:
+        """Change how many watches the bucket allows (nats-server 2.10+; 2.9 refuses, 10052)."""
+        config = (await self._stream_info()).config
+        config.max_consumers = limit
+        await self._call(f"changing bucket {self._bucket}", self._js.update_stream(config))
+        return await self.bucket_info()
 
     async def delete_bucket(self, bucket: str) -> None:
         """Delete a bucket and everything in it (for operators and tests; agents never do)."""

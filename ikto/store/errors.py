@@ -17,6 +17,7 @@ from ikto.errors import IktoError
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # the expected last subject sequence did not match
 _STREAM_NOT_FOUND = 10059
 _MAX_CONSUMERS = 10026  # maximum consumers limit reached
+_CANNOT_CHANGE_MAX_CONSUMERS = 10052  # stream configuration update can not change MaxConsumers
 
 
 class StoreError(IktoError):
@@ -78,7 +79,14 @@ def translate(
     if code == _MAX_CONSUMERS:
         return ConsumerLimitError(
             f"NATS: {action}: bucket {bucket} allows no more watches ({text}); raise its limit with "
-            f"`ikto bucket --max-consumers N` or set default_max_consumers on the server"
+            f"`ikto bucket --max-consumers N` (nats-server 2.10+), or set jetstream "
+            f"{{limits {{max_consumers: N}}}} on the server"
+        )
+    if code == _CANNOT_CHANGE_MAX_CONSUMERS:
+        return StoreError(
+            f"NATS: {action}: this nats-server cannot change a bucket's watch limit (2.9; {text}); "
+            "2.9 does not cap it unless it was set, so back up and restore the stream with the new "
+            "limit (`nats stream backup`/`restore`) or upgrade the server"
         )
     if isinstance(err, nats.errors.NoRespondersError):
         return StoreError(f"NATS: {action}: no JetStream on the server (start nats-server with -js)")

@@ -1,4 +1,4 @@
-"""The e2e lab: one lab per session, driven through LabDriver, always torn down.
+"""The e2e lab: one lab per module, driven through LabDriver, always torn down.
 
 IKTO_E2E_LAB picks the driver: `namespaces` (the default) or `vagrant` (VMs that
 `make e2e-vagrant` boots). The suite needs root and wireguard-go, and says so instead of skipping.
@@ -31,7 +31,9 @@ def make_driver(kind: str) -> LabDriver:
     raise pytest.UsageError(f"IKTO_E2E_LAB={kind!r}: known labs are: namespaces, vagrant")
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: a module with a lab of its own (test_nat.py) then runs with no
+# other lab's agents beside it on the machine's two cores.
+@pytest.fixture(scope="module")
 def lab() -> Iterator[LabDriver]:
     if os.geteuid() != 0:
         pytest.fail("the e2e suite needs root (network and mount namespaces, wireguard-go)")
