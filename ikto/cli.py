@@ -232,7 +232,7 @@ def bucket(
     nats_kv: Annotated[str | None, typer.Option(help="Bucket name, overriding the config's.")] = None,
     max_consumers: Annotated[
         int | None,
-        typer.Option(help="Set how many watches (one per agent) the bucket allows (nats-server 2.10+)."),
+        typer.Option(help="Set how many watches (one per agent) the bucket allows (nats-server 2.12.5+)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -241,8 +241,8 @@ def bucket(
     Every agent watches the bucket through one consumer on its stream. nats-server 2.11+ caps a
     stream at 1,000 consumers unless it says otherwise, so the 1,001st node could not watch;
     buckets that `ikto agent` creates allow 100,000. Raise the limit of a bucket created
-    elsewhere (by `nats kv add`, or an older ikto) before the mesh outgrows it. nats-server
-    2.9 cannot change the limit in place (it does not cap it unless set).
+    elsewhere (by `nats kv add`, or an older ikto) before the mesh outgrows it (needs
+    nats-server 2.12.5+; older servers do not cap it unless set, and cannot change it in place).
 
     \b
     Examples:

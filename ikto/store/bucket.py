@@ -15,7 +15,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamInfo
 
 BUCKET_HISTORY = 5
 # Room for 10,000 nodes ten times over (a watch costs the server about 0.1 MiB while it lives;
-# the limit itself costs nothing). `ikto bucket --max-consumers` changes it on 2.10+.
+# the limit itself costs nothing). `ikto bucket --max-consumers` changes it on 2.12.5+.
 BUCKET_MAX_CONSUMERS = 100_000
 DUPLICATE_WINDOW = 120.0  # seconds, as nats-py sets for a KV bucket
 

@@ -220,7 +220,7 @@ class Store:
         return await self._call(f"reading bucket {self._bucket}", info)
 
     async def set_max_consumers(self, limit: int) -> BucketInfo:
-        """Change how many watches the bucket allows (nats-server 2.10+; 2.9 refuses, 10052)."""
+        """Change how many watches the bucket allows (nats-server 2.12.5+; older ones refuse, 10052)."""
         config = (await self._stream_info()).config
         config.max_consumers = limit
         await self._call(f"changing bucket {self._bucket}", self._js.update_stream(config))

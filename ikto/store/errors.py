@@ -79,14 +79,14 @@ def translate(
     if code == _MAX_CONSUMERS:
         return ConsumerLimitError(
             f"NATS: {action}: bucket {bucket} allows no more watches ({text}); raise its limit with "
-            f"`ikto bucket --max-consumers N` (nats-server 2.10+), or set jetstream "
-            f"{{limits {{max_consumers: N}}}} on the server"
+            f"`ikto bucket --max-consumers N` (nats-server 2.12.5+), or for buckets left at the "
+            f"server's default set jetstream {{limits {{default_max_consumers: -1}}}} (2.15+)"
         )
     if code == _CANNOT_CHANGE_MAX_CONSUMERS:
         return StoreError(
-            f"NATS: {action}: this nats-server cannot change a bucket's watch limit (2.9; {text}); "
-            "2.9 does not cap it unless it was set, so back up and restore the stream with the new "
-            "limit (`nats stream backup`/`restore`) or upgrade the server"
+            f"NATS: {action}: this nats-server cannot change a bucket's watch limit ({text}; before "
+            "2.12.5); up to 2.14 it does not cap buckets left at -1, so back up and restore the "
+            "stream with the new limit (`nats stream backup`/`restore`) or upgrade the server"
         )
     if isinstance(err, nats.errors.NoRespondersError):
         return StoreError(f"NATS: {action}: no JetStream on the server (start nats-server with -js)")

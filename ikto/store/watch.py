@@ -17,6 +17,10 @@ Call = Callable[[str, Awaitable[T]], Awaitable[T]]
 
 SNAPSHOT_QUIET = 1.0  # s: see watch()
 DELETE_TIMEOUT = 2.0  # s for deleting our consumer when the watch ends
+# The server reaps a watch's consumer this long after its client went away (a crash; nats-py's
+# own default is 300 s): without it, restarts would hold dead consumers against the bucket's
+# limit (docs/nats-scale.md, "Consumer cleanup").
+INACTIVE_THRESHOLD = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,7 @@ async def watch(kv: KeyValue, call: Call[Any], what: str, pattern: str) -> Async
     quiet SNAPSHOT_QUIET completes it instead. Close the generator (contextlib.aclosing) to
     stop watching: its consumer is then deleted on the server.
     """
-    watcher = await call(what, kv.watch(pattern))
+    watcher = await call(what, kv.watch(pattern, inactive_threshold=INACTIVE_THRESHOLD))
     sub = watcher._sub
     assert sub is not None  # set by kv.watch()
     try:

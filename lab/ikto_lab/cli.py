@@ -15,6 +15,7 @@ import typer
 
 from ikto.errors import IktoError
 from ikto_lab.lab import NamespaceLab
+from ikto_lab.nat import MODES, parse_assignments, parse_mode
 from ikto_lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR
 
 lab_app = typer.Typer(
@@ -71,6 +72,15 @@ def up(
     agents: Annotated[
         bool, typer.Option("--agents/--no-agents", help="Start an ikto agent on every node.")
     ] = True,
+    nat: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nat",
+            metavar="NODE=MODE",
+            help=f"Put NODE behind its own NAT router; MODE: {' or '.join(MODES)} "
+            "(symmetric: a new port per destination). Repeat for more nodes.",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for convergence.")] = 60.0,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     name: Name = DEFAULT_NAME,
@@ -78,9 +88,10 @@ def up(
 ) -> None:
     """Create the lab (refuses if one exists: run `ikto-lab down` first) and wait for the mesh."""
     with _errors(verbose):
+        routers = parse_assignments(nat or [])
         lab = NamespaceLab(state_dir, name=name)
         t0 = time.monotonic()
-        lab.up(nodes, nats_cluster=nats_cluster, start_agents=agents)
+        lab.up(nodes, nats_cluster=nats_cluster, start_agents=agents, nat=routers)
         logging.info("lab up in %.1f s", time.monotonic() - t0)
         if agents:
             took = lab.wait_converged(timeout)
@@ -95,12 +106,43 @@ def add(
         typer.Option(help="Force the node's private_address (e.g. to test address conflicts)."),
     ] = None,
     start: Annotated[bool, typer.Option("--start/--no-start", help="Start its agent.")] = True,
+    nat: Annotated[
+        str | None,
+        typer.Option(metavar="MODE", help=f"Put it behind its own NAT router: {' or '.join(MODES)}."),
+    ] = None,
+    v03: Annotated[
+        bool,
+        typer.Option(
+            "--v03",
+            help="No agent: set its WireGuard up by hand as ikto v0.3 does, its entry written once "
+            "in v0.3's format.",
+        ),
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     verbose: Verbose = False,
 ) -> None:
     """Add a node to the running lab and start its agent."""
     with _errors(verbose):
-        NamespaceLab(state_dir).add_node(node, private_address=private_address, start=start)
+        lab = NamespaceLab(state_dir)
+        if v03:
+            lab.add_v03_node(node)
+            return
+        mode = parse_mode(nat) if nat is not None else None
+        lab.add_node(node, private_address=private_address, start=start, nat=mode)
+
+
+@lab_app.command()
+def router(
+    node: Annotated[str, typer.Argument(help="The NATed node whose router to restart.")],
+    new_wan: Annotated[
+        bool, typer.Option("--new-wan", help="Give the router a new public (WAN) address.")
+    ] = False,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    verbose: Verbose = False,
+) -> None:
+    """Restart NODE's NAT router: every flow (conntrack) forgotten, optionally a new WAN address."""
+    with _errors(verbose):
+        NamespaceLab(state_dir).restart_router(node, new_wan=new_wan)
 
 
 @lab_app.command(
@@ -129,11 +171,14 @@ def status(
             return
         for s in st["nats"]:
             typer.echo(f"{s['name']:<8} {s['url']:<24} {'healthy' if s['healthy'] else 'DOWN'}")
-        typer.echo(f"{'NODE':<8} {'UNDERLAY':<14} {'AGENT':<8} {'MESH ADDRESS':<16} PEERS")
+        typer.echo(
+            f"{'NODE':<8} {'ADDRESS':<15} {'NAT ROUTER (WAN)':<26} {'AGENT':<11} {'MESH ADDRESS':<16} PEERS"
+        )
         for n in st["nodes"]:
             member = " (left)" if n["left"] else ""
+            router = f"{n['nat']} ({n['public_address']})" if n["nat"] else "-"
             typer.echo(
-                f"{n['name']:<8} {n['underlay']:<14} {n['agent']:<8} "
+                f"{n['name']:<8} {n['underlay']:<15} {router:<26} {n['agent']:<11} "
                 f"{n['mesh_address'] or '-':<16} {n['peers'] if n['peers'] is not None else '-'}"
                 f"{member}"
             )

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ikto.files import write_atomic
-from ikto_lab import mountns, netns, process
-from ikto_lab.driver import CONFIG_PATH, KEY_PATH, LabDriver
+from ikto_lab import legacy, mountns, netns, process
+from ikto_lab import nat as routers
+from ikto_lab.driver import CONFIG_PATH, KEY_PATH, LabDriver, NodeView
 from ikto_lab.nats import NatsServer
 from ikto_lab.shell import LabError, LabUsageError, env_with_path, interactive, run, spawn
 from ikto_lab.state import DEFAULT_NAME, DEFAULT_STATE_DIR, LabState, Layout, NodeState, read_pid, read_tail
@@ -113,8 +114,22 @@ class NamespaceLab(LabDriver):
 
     # Lifecycle
 
-    def up(self, nodes: int = 3, *, nats_cluster: bool = False, start_agents: bool = True) -> None:
-        """Create the hub, NATS and `nodes` nodes, and start their agents."""
+    def up(
+        self,
+        nodes: int = 3,
+        *,
+        nats_cluster: bool = False,
+        start_agents: bool = True,
+        nat: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create the hub, NATS and `nodes` nodes, and start their agents.
+
+        nat: {node name: "preserve" | "random"} puts those nodes behind their own NAT router.
+        """
+        nat = dict(nat or {})
+        names = [f"node{i + 1}" for i in range(nodes)]
+        if unknown := sorted(nat.keys() - set(names)):
+            raise LabUsageError(f"NAT for {', '.join(unknown)}: the lab's nodes are node1..node{nodes}")
         with self.layout.locked():
             stale = netns.list_with_prefix(self.name)
             if self.layout.state_file.exists() or stale:
@@ -146,8 +161,8 @@ class NamespaceLab(LabDriver):
                     netns.plug(hub, f"vs{i + 1}", ns, f"{s.address}/{UNDERLAY_PREFIX}")
                 log.info("starting nats-server at %s", self.nats_url())
                 self._start_nats_servers()
-                for i in range(nodes):
-                    self._create_node(f"node{i + 1}", init=start_agents)
+                for n in names:
+                    self._create_node(n, init=start_agents, nat=nat.get(n))
             except BaseException:
                 self._teardown()  # roll back a half-built lab, as wg-quick does
                 raise
@@ -187,7 +202,8 @@ class NamespaceLab(LabDriver):
         return list(self.state.nodes)
 
     def members(self) -> list[str]:
-        return [n for n, s in self.state.nodes.items() if s.member]
+        # A copy first: tests read this from threads while nodes are added.
+        return [n for n, s in list(self.state.nodes.items()) if s.member]
 
     def _node(self, node: str) -> NodeState:
         try:
@@ -199,11 +215,50 @@ class NamespaceLab(LabDriver):
     def underlay(self, node: str) -> str:
         return self._node(node).underlay
 
-    def add_node(self, name: str, *, private_address: str | None = None, start: bool = True) -> str:
-        """Create node `name` with a fresh config and (by default) start its agent."""
+    # NAT routers (ikto_lab.nat)
+
+    def router(self, node: str) -> routers.Router | None:
+        """The NAT router in front of node, None if node is on the underlay itself."""
+        st = self._node(node)
+        if st.nat is None:
+            return None
+        return routers.Router(self.name, node, st.index, st.nat, st.wan_generation)
+
+    def public_address(self, node: str) -> str:
+        """Where the underlay sees node's packets come from: its router's WAN address, or its own."""
+        r = self.router(node)
+        return r.wan if r else self.underlay(node)
+
+    def restart_router(self, node: str, *, new_wan: bool = False) -> str:
+        """Restart node's NAT router: every flow forgotten, and with new_wan a new public
+        address (its ISP gave it another one). The router's WAN address after it."""
+        r = self.router(node)
+        if r is None:
+            raise LabUsageError(f"{node} is not behind a NAT router")
+        with self.layout.locked():
+            after = routers.restart(r, new_wan=new_wan)
+            self._node(node).wan_generation = after.generation
+            self._save()
+        log.info("restarted the NAT router of %s (WAN %s)", node, after.wan)
+        return after.wan
+
+    def endpoint_ok(self, node: str, endpoint: str | None, view: NodeView) -> bool:
+        # A NATed node is reached wherever its router maps it (a port of the router's WAN
+        # address), or on its LAN address by a node behind the same router.
+        r = self.router(node)
+        if r is None:
+            return super().endpoint_ok(node, endpoint, view)
+        host = endpoint.rpartition(":")[0] if endpoint else None
+        return host in (r.wan, r.address)
+
+    def add_node(
+        self, name: str, *, private_address: str | None = None, start: bool = True, nat: str | None = None
+    ) -> str:
+        """Create node `name` with a fresh config and (by default) start its agent; nat: behind
+        its own NAT router ("preserve" or "random")."""
         with self.layout.locked():
             try:
-                self._create_node(name, init=True)
+                self._create_node(name, init=True, nat=nat)
                 if private_address is not None:
                     self.set_config(name, private_address=private_address)
             except LabUsageError:
@@ -215,11 +270,34 @@ class NamespaceLab(LabDriver):
             self.start_agent(name)
         return name
 
+    def add_v03_node(self, name: str) -> str:
+        """A node with no agent, set up as ikto v0.3 sets itself up (ikto_lab.legacy): its entry
+        written once in v0.3's format, the bucket's peers in WireGuard, no keepalive."""
+        self.add_node(name, start=False)
+        legacy.bring_up(self, name)
+        st = self._node(name)
+        st.v03 = st.member = True
+        self._save()
+        return name
+
+    def sync_v03_node(self, name: str) -> int:
+        """Give a v0.3 node the bucket's current peers, as its watch would; how many it has."""
+        if not self._node(name).v03:
+            raise LabUsageError(f"{name} is not a v0.3 node")
+        return legacy.sync_peers(self, name)
+
+    def remove_node(self, name: str) -> None:
+        """Remove a node completely (its agent, router, namespaces, state); its entry stays in the bucket."""
+        self._node(name)
+        with self.layout.locked():
+            self._remove_node(name)
+
     def _remove_node(self, name: str) -> None:
         """Undo a node completely: its processes, netns, mount ns and directory."""
         ns = self.netns(name)
         process.terminate(netns.pids(ns))
         netns.delete(ns)
+        netns.delete(routers.router_netns(self.name, name))
         mountns.unmount_all(self.layout.mntns(name))
         self.layout.mntns(name).unlink(missing_ok=True)
         shutil.rmtree(self.layout.node_dir(name), ignore_errors=True)
@@ -227,7 +305,7 @@ class NamespaceLab(LabDriver):
         if self.state.nodes.pop(name, None) is not None:
             self._save()
 
-    def _create_node(self, name: str, *, init: bool) -> None:
+    def _create_node(self, name: str, *, init: bool, nat: str | None = None) -> None:
         if not NODE_NAME_RE.match(name) or name in RESERVED:
             raise LabUsageError(
                 f"bad node name {name!r}: use 1-31 lowercase letters, digits and '-', "
@@ -237,18 +315,27 @@ class NamespaceLab(LabDriver):
         if name in st.nodes or netns.exists(self.netns(name)):
             raise LabUsageError(f"node {name!r} already exists")
         index = 1 + max((n.index for n in st.nodes.values()), default=0)
-        node = NodeState(name=name, index=index, underlay=str(UNDERLAY + 10 + index))
+        router = routers.Router(self.name, name, index, nat) if nat else None
+        underlay = router.address if router else str(UNDERLAY + 10 + index)
+        node = NodeState(name=name, index=index, underlay=underlay, nat=nat)
         st.nodes[name] = node
         self._save()
-        log.info("creating %s (underlay %s)", name, node.underlay)
         ns = self.netns(name)
         netns.add(ns)
-        netns.plug(self.netns("hub"), f"vn{index}", ns, f"{node.underlay}/{UNDERLAY_PREFIX}")
+        if router is not None:
+            log.info("creating %s (%s, behind a %s NAT router at %s)", name, underlay, nat, router.wan)
+            routers.build(router)
+        else:
+            log.info("creating %s (underlay %s)", name, node.underlay)
+            netns.plug(self.netns("hub"), f"vn{index}", ns, f"{node.underlay}/{UNDERLAY_PREFIX}")
         node_dir = self.layout.node_dir(name)
         mountns.create(
             self.layout.mntns(name), netns.netns_path(ns), node_dir, self.layout.ns_dir
         )
         if init:
+            # Behind NAT, `ikto init` picks the advertise address itself, as on a home host:
+            # its LAN address (from the default route through the router).
+            advertise = [] if router else ["--advertise-address", node.underlay]
             self.exec(
                 name,
                 [
@@ -256,7 +343,7 @@ class NamespaceLab(LabDriver):
                     "-m", st.mesh_cidr, "-p", str(st.subnet_prefix),
                     "--private-key-path", KEY_PATH,
                     "--name", name,
-                    "--advertise-address", node.underlay,
+                    *advertise,
                     "--nats-url", self.nats_url(),
                     "-o", CONFIG_PATH,
                 ],
@@ -434,13 +521,18 @@ class NamespaceLab(LabDriver):
         nodes = []
         for n, s in self.state.nodes.items():
             view = self.observe(n)
+            r = self.router(n)
+            agent = "running" if self.agent_running(n) else "stopped"
             nodes.append(
                 {
                     "name": n,
                     "underlay": s.underlay,
+                    "nat": s.nat,
+                    "router_netns": r.netns if r else None,
+                    "public_address": self.public_address(n),
                     "member": s.member,
                     "left": s.left,
-                    "agent": "running" if self.agent_running(n) else "stopped",
+                    "agent": "v0.3 (none)" if s.v03 else agent,
                     "pid": self.agent_pid(n),
                     "mesh_address": str(view.address) if view.address else None,
                     "peers": len(view.device.peers) if view.device else None,

@@ -24,10 +24,13 @@ class NodeState:
 
     name: str
     index: int
-    underlay: str
+    underlay: str  # its own address: on the underlay, or on its router's LAN if NATed
     member: bool = False  # joined the mesh and has not left it
     left: bool = False  # left with `ikto leave`
     public_key: str | None = None
+    nat: str | None = None  # behind its own NAT router: "preserve" or "random" (ikto_lab.nat)
+    wan_generation: int = 0  # how often its router's WAN address changed
+    v03: bool = False  # no agent: WireGuard set by hand as ikto v0.3 did (ikto_lab.legacy)
 
 
 @dataclass
