@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := wireguard-tools wireguard-go nats-server iproute2 iptables iputils-ping procps util-linux curl faketime
+APT_PACKAGES := wireguard-tools wireguard-go nats-server iproute2 iptables iputils-ping procps util-linux curl faketime prometheus
 
 .PHONY: deps venv test test-unit test-integration test-e2e lint demo lab-down bench clean
 
@@ -11,7 +11,7 @@ deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing Debian packages:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 # ikto with its dev extras, then the lab (lab/: ikto-lab, a separate distribution that the

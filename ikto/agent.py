@@ -44,6 +44,7 @@ from ikto.iface import Interface
 from ikto.log import fields
 from ikto.membership import Membership, selfcheck_interval
 from ikto.mesh import Mesh
+from ikto.metrics import Metrics
 from ikto.models import Peer, WgDevice
 from ikto.paths import Paths
 from ikto.presence import Presence
@@ -93,6 +94,7 @@ class Agent:
             self.wg, desired.wanted, desired.syncconf_text, self.iface.ensure, self._observed,
             self.writer.changed, self._look,
         )
+        self.metrics = Metrics(per_peer=config.metrics_per_peer)
         self.store: Store | None = None
         self.started = time.time()
         self._stop = asyncio.Event()

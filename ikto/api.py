@@ -3,6 +3,7 @@
     curl --unix-socket /run/ikto/ikto.sock http://ikto/v1/status
 
 Routes: GET /v1/node, /v1/peers, /v1/rejected, /v1/health, /v1/status (all of them);
+GET /metrics (Prometheus text; also over TCP at metrics_address);
 POST /v1/leave[?down=1] (remove our entry, optionally the interface, then stop).
 """
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from ikto import views
 from ikto.errors import IktoError
+from ikto.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from ikto.agent import Agent
@@ -62,6 +64,13 @@ async def _leave(request: web.Request) -> web.Response:
     return web.json_response({"left": True, "interface_removed": down})
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    agent.metrics.update(views.metrics_sample(agent))  # on the loop: a snapshot of the parts
+    body = await asyncio.to_thread(agent.metrics.render)  # formatting in a worker thread
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def make_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[AGENT_KEY] = agent
@@ -71,6 +80,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/rejected", _rejected)
     app.router.add_get("/v1/status", _status)
     app.router.add_post("/v1/leave", _leave)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -100,12 +110,32 @@ async def serve(agent: Agent, path: Path) -> Callable[[], Awaitable[None]]:
         os.umask(old)
     os.chmod(path, 0o600)
 
+    tcp = await _serve_metrics(agent, agent.config.metrics_address) if agent.config.metrics_address else None
+
     async def cleanup() -> None:
         await runner.cleanup()
+        if tcp is not None:
+            await tcp.cleanup()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
     return cleanup
+
+
+async def _serve_metrics(agent: Agent, address: str) -> web.AppRunner:
+    """/metrics (and nothing else) over TCP, for Prometheus."""
+    app = web.Application()
+    app[AGENT_KEY] = agent
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, _, port = address.rpartition(":")
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise IktoError(f"metrics_address {address}: {e.strerror or e} (is the port in use?)") from None
+    return runner
 
 
 async def _request(socket: Path, method: str, route: str) -> Any:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from ikto.log import fields
+from ikto.metrics import Latency
 from ikto.models import PeerWant, Plan, WgDevice, WgPeer
 from ikto.reconcile import applied, diff
 from ikto.wg import WgApi, WgError
@@ -60,6 +61,7 @@ class Applier:
         self.observed: dict[str, WgPeer] = {}
         self.wg_calls = 0
         self.apply_errors = 0
+        self.latency = Latency()  # of each wg call that changed peers
         self.last_full_reconcile: float | None = None  # wall clock
         self.ready = False  # full comparisons start after the first snapshot
         self._dirty: set[str] = set()
@@ -152,7 +154,9 @@ class Applier:
                 self._resync.set()
                 return
             self.wg_calls += 1
-            _log_plan(plan, (time.perf_counter() - t0) * 1000)
+            took = time.perf_counter() - t0
+            self.latency.observe(took)
+            _log_plan(plan, took * 1000)
             applied(plan, self.observed)
             self._on_applied()
 

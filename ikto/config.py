@@ -106,6 +106,12 @@ class Config(BaseSettings):
     admin_socket: Path = Field(default=DEFAULT_SOCKET, description="admin API unix socket")
     config_dir: Path = Field(default=Path("/etc/wireguard"), description="where <dev>.conf is written")
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    metrics_address: str | None = Field(
+        default=None, description="host:port to serve /metrics over TCP (e.g. 127.0.0.1:9586); off if unset"
+    )
+    metrics_per_peer: bool = Field(
+        default=True, description="WireGuard series for every peer (5 each); turn off at thousands of peers"
+    )
     # Liveness (seconds, on the NATS server's clock): see README "Failure behaviour".
     heartbeat_interval: float = Field(
         default=10.0, description="how often liveness is reviewed (and presence written when a peer needs it)"
@@ -192,6 +198,16 @@ class Config(BaseSettings):
     def _mtu(cls, v: int | None) -> int | None:
         if v is not None and not 1280 <= v <= 9000:
             raise ValueError(f"must be 1280-9000 (got {v})")
+        return v
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+            raise ValueError(f"{v!r} is not host:port (e.g. 127.0.0.1:9586, or [::]:9586)")
         return v
 
     @field_validator("log_level")

@@ -41,6 +41,7 @@ class Follower:
         self._expected = 0
         self._behind = 0  # consecutive checks that saw the bucket behind the watch
         self._refused = 0.0  # current wait after a refused watch
+        self.rebuilds: dict[str, int] = {}  # by reason, for metrics
 
     def attach(self, store: Store) -> None:
         self._store = store
@@ -53,6 +54,11 @@ class Follower:
         """Read the bucket again from a fresh snapshot."""
         self._reason = reason
         self._rebuild.set()
+
+    @property
+    def revision(self) -> int:
+        """The newest bucket revision the watch delivered."""
+        return self._max_rev
 
     def expect(self, revision: int) -> None:
         """A read of our entry found this revision: the watch must have delivered it by the
@@ -82,6 +88,7 @@ class Follower:
                 await self._pause_after(exc)
                 continue
             log.warning("rebuilding the watch from a fresh snapshot", extra=fields(reason=self._reason))
+            self.rebuilds[self._reason] = self.rebuilds.get(self._reason, 0) + 1
 
     async def _watch_once(self) -> None:
         """Read a snapshot into a new Mesh, hand it over whole, then follow the changes."""

@@ -36,6 +36,7 @@ class Presence:
         self._written_at: float | None = None  # monotonic
         self._wake = asyncio.Event()
         self.writes = 0
+        self.failures = 0
 
     def attach(self, store: Store) -> None:
         self._store = store
@@ -81,6 +82,7 @@ class Presence:
             stamp = await self._store.stamp(revision)
         except StoreError as e:
             log.warning("writing our presence failed", extra=fields(key=key, error=e))
+            self.failures += 1
             return False
         self._written_at = self._clock.mono()
         self.writes += 1

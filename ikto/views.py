@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ikto import ipam
+from ikto.metrics import PeerSample, Sample
 
 if TYPE_CHECKING:
     from ikto.agent import Agent
@@ -99,3 +100,42 @@ async def status(agent: Agent) -> dict[str, Any]:
     """Everything `ikto status` prints."""
     listed = await peers(agent)
     return {"node": node(agent), "health": health(agent), "peers": listed, "rejected": rejected(agent)}
+
+
+def metrics_sample(agent: Agent) -> Sample:
+    """What a scrape shows, from the parts' state (the last look at WireGuard: no `wg` call)."""
+    mesh, dev, a = agent.mesh, agent.applier.device, agent.applier
+    peers: list[PeerSample] = []
+    states: dict[str, int] = {}
+    known = {p.public_key: (k, p) for k, p in mesh.others()}
+    for key, p in known.values():
+        wp = dev.peers.get(p.public_key) if dev is not None else None
+        state = agent.vitals.verdict(key, wp is not None).state
+        states[state] = states.get(state, 0) + 1
+    if dev is not None:
+        for pk, wp in dev.peers.items():
+            held = known.get(pk)
+            peers.append(PeerSample(
+                pk, held[1].name if held else "", ",".join(wp.allowed_ips), wp.endpoint or "",
+                wp.rx_bytes, wp.tx_bytes, wp.latest_handshake,
+            ))
+    store = agent.store
+    return Sample(
+        device=agent.config.wg_dev_name,
+        public_key=agent.public_key,
+        peers=tuple(peers),
+        states=states,
+        rejected=len(mesh.rejected) + len(mesh.losers()),
+        nats_connected=store is not None and store.connected,
+        snapshot_loaded=agent.follower.snapshot_done,
+        watch_refused=agent.follower.watch_error is not None,
+        revision=agent.follower.revision,
+        wg_calls=a.wg_calls,
+        apply_errors=a.apply_errors,
+        apply_latency=a.latency,
+        presence_writes=agent.presence.writes,
+        presence_failures=agent.presence.failures,
+        witness_writes=agent.prober.witness_writes,
+        record_reads=agent.prober.reads,
+        watch_rebuilds=dict(agent.follower.rebuilds),
+    )
