@@ -69,6 +69,7 @@ class Scene:
     lab: NamespaceLab
     started: float  # monotonic: the agents were started
     old1_since: float  # monotonic: old1's entry was written
+    watched: list[str] = field(default_factory=lambda: list(NODES))  # agents that must keep old1
     pingers: dict[str, Pinger] = field(default_factory=dict)
     samplers: dict[str, Sampler] = field(default_factory=dict)
     results: dict[str, PingResult] = field(default_factory=dict)
@@ -118,8 +119,7 @@ def scene(lab: NamespaceLab) -> Iterator[Scene]:
     old1_key = lab.wg_device("old1").public_key
 
     def old1_in_wireguard() -> list[str]:
-        # Not v3c: the claimant that is refused and removed (test_v03_node_is_kept_while_it_handshakes).
-        return [n for n in agents(lab) if n != "v3c" and old1_key not in lab.wg_device(n).peers]
+        return [n for n in list(sc.watched) if old1_key not in lab.wg_device(n).peers]
 
     def old1_judged() -> dict[str, tuple[str, str]]:
         views = {n: peer_view(lab, n, "old1") for n in ("v3a", "v3b")}
@@ -174,6 +174,7 @@ def nat2(scene: Scene) -> Joined:
             direct = time.monotonic() - t0
             break
         time.sleep(0.5)
+    scene.watched.append("nat2")
     return Joined(t0, direct)
 
 
