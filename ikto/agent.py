@@ -49,6 +49,7 @@ from ikto.models import Peer, WgDevice
 from ikto.paths import Paths
 from ikto.presence import Presence
 from ikto.prober import Prober
+from ikto.records import Report
 from ikto.retry import retrying
 from ikto.store import PermissionDeniedError, Store
 from ikto.vitals import Vitals
@@ -279,6 +280,8 @@ class Agent:
         review = self.vitals.review(self.presence.needed)
         await self.prober.probe(review.probe)
         self.presence.need(review.presence_needed)
+        self.presence.report(Report(self.follower.revision, len(self.mesh.peers()), review.in_wireguard,
+                                    review.handshaking, review.unreachable))
         if self.follower.snapshot_done:
             self.applier.mark(self.vitals.expire())
         if (dev := self.applier.device) is not None:

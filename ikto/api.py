@@ -3,7 +3,8 @@
     curl --unix-socket /run/ikto/ikto.sock http://ikto/v1/status
 
 Routes: GET /v1/node, /v1/peers, /v1/rejected, /v1/health, /v1/status (all of them);
-GET /metrics (Prometheus text; also over TCP at metrics_address);
+GET /v1/mesh (every node's report: whom it cannot reach); GET /metrics (Prometheus text; also
+over TCP at metrics_address);
 POST /v1/leave[?down=1] (remove our entry, optionally the interface, then stop).
 """
 
@@ -64,6 +65,13 @@ async def _leave(request: web.Request) -> web.Response:
     return web.json_response({"left": True, "interface_removed": down})
 
 
+async def _mesh(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(await views.mesh(_agent(request)))
+    except IktoError as e:
+        return web.json_response({"error": str(e)}, status=503)
+
+
 async def _metrics(request: web.Request) -> web.Response:
     agent = _agent(request)
     agent.metrics.update(views.metrics_sample(agent))  # on the loop: a snapshot of the parts
@@ -80,6 +88,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/rejected", _rejected)
     app.router.add_get("/v1/status", _status)
     app.router.add_post("/v1/leave", _leave)
+    app.router.add_get("/v1/mesh", _mesh)
     app.router.add_get("/metrics", _metrics)
     return app
 

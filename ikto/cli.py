@@ -176,15 +176,26 @@ def info(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def status(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
-    """Print the mesh as a table: the bucket joined with `wg show` (handshakes, transfer, rejects)."""
+def status(
+    socket: SocketOpt = DEFAULT_SOCKET,
+    as_json: JsonOpt = False,
+    mesh: Annotated[
+        bool, typer.Option("--mesh", help="Every node's own report: whom it cannot reach (the whole mesh).")
+    ] = False,
+) -> None:
+    """Print this node's peers (the bucket joined with `wg show`), or with --mesh every node's view.
+
+    With --mesh: one line per node with its state and the peers it cannot reach, from the
+    reports each agent keeps in the bucket; nodes that never report (ikto v0.3, or down) are
+    shown as such, and a summary line names the pairs that cannot reach each other.
+    """
     from ikto.api import call
 
-    st = call(socket, "GET", "/v1/status")
+    st = call(socket, "GET", "/v1/mesh" if mesh else "/v1/status")
     if as_json:
         print(json.dumps(st, indent=2))
         return
-    print("\n".join(show.status(st)))
+    print("\n".join(show.mesh(st) if mesh else show.status(st)))
 
 
 @app.command()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ikto import ipam, records
 from ikto.clock import Clock
 from ikto.log import fields
+from ikto.records import Report
 from ikto.store import Store, StoreError
 
 log = logging.getLogger("ikto.agent")
@@ -37,6 +38,8 @@ class Presence:
         self._wake = asyncio.Event()
         self.writes = 0
         self.failures = 0
+        self._report: Report | None = None
+        self._written: Report | None = None
 
     def attach(self, store: Store) -> None:
         self._store = store
@@ -51,6 +54,14 @@ class Presence:
             log.info("writing our presence " + ("often: a peer cannot hear us" if often else "rarely again"))
             self._needed = often
             self._wake.set()
+
+    def report(self, report: Report) -> None:
+        """Our view of the mesh; written at once when whom we cannot reach changed."""
+        self._report = report
+        if self._written is None or report.unreachable != self._written.unreachable:
+            self._wake.set()
+            if self._written is not None:
+                self._written_at = None  # due now
 
     def rewrite(self) -> None:
         """Write it now (we moved, or the bucket came back)."""
@@ -77,7 +88,8 @@ class Presence:
         key = ipam.alive_key(self._key())
         try:
             sent = self._clock.wall()
-            revision = await self._store.put(key, records.presence(self._name))
+            report = self._report
+            revision = await self._store.put(key, records.presence(self._name, report))
             acked = self._clock.wall()
             stamp = await self._store.stamp(revision)
         except StoreError as e:
@@ -85,6 +97,7 @@ class Presence:
             self.failures += 1
             return False
         self._written_at = self._clock.mono()
+        self._written = report
         self.writes += 1
         if stamp is not None:
             self._clock.sample(stamp, sent, acked)

@@ -100,3 +100,27 @@ def bucket(info: dict[str, Any]) -> list[str]:
     if limit > 0 and info["consumers"] > 0.8 * limit:
         lines.append("  warning: nearly full; raise it with --max-consumers")
     return lines
+
+
+def mesh(m: dict[str, Any]) -> list[str]:
+    """`ikto status --mesh`: one line per node, whom it cannot reach, and a summary."""
+    rows = [("NODE", "ALLOWED IP", "STATE", "REPORT", "PEERS", "HANDSHAKING", "CANNOT REACH")]
+    for n in m["nodes"]:
+        if n["reporting"]:
+            report = age(n["report_age_s"])
+            peers = f"{n['in_wireguard']}/{n['expected']}"
+            hs = str(n["handshaking"])
+            cannot = ", ".join(n["unreachable"]) or "-"
+        else:
+            report, peers, hs, cannot = f"none: {n['why']}", "-", "-", "-"
+        rows.append((n["name"] or "-", n["allowed_ip"], n["state"], report, peers, hs, cannot))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    pairs = m["unreachable_pairs"]
+    summary = f"{len(m['nodes'])} nodes, {m['reporting']} reporting, "
+    if not pairs:
+        summary += "every node reaches every peer"
+    else:
+        shown = ", ".join(f"{a} -> {b}" for a, b in pairs[:10]) + (", ..." if len(pairs) > 10 else "")
+        summary += f"{len(pairs)} {'pair' if len(pairs) == 1 else 'pairs'} unreachable: {shown}"
+    return [*lines, summary]

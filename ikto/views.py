@@ -7,6 +7,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ikto import ipam
+from ikto import records as records_
+from ikto.errors import IktoError
 from ikto.metrics import PeerSample, Sample
 
 if TYPE_CHECKING:
@@ -139,3 +141,35 @@ def metrics_sample(agent: Agent) -> Sample:
         record_reads=agent.prober.reads,
         watch_rebuilds=dict(agent.follower.rebuilds),
     )
+
+
+async def mesh(agent: Agent) -> dict[str, Any]:
+    """The whole mesh as each node reports it: one row per node, whom it cannot reach."""
+    if agent.store is None or not agent.store.connected:
+        raise IktoError("not connected to NATS: the nodes' reports cannot be read now")
+    records = await agent.store.latest("alive.*")
+    now = agent.clock.server()
+    reports = {}
+    for e in records:
+        got = records_.report_of(e.value)
+        if got is not None and e.created is not None:
+            reports[e.key.removeprefix("alive.")] = (got, now - e.created.timestamp())
+    rows: list[dict[str, Any]] = []
+    mine = agent.membership.key
+    for key, (_, peer) in sorted(agent.mesh.entries.items(), key=lambda kv: kv[1][1].name):
+        rep = reports.get(key.removeprefix("peers."))
+        state = "self" if key == mine else str(agent.vitals.verdict(key, True).state)
+        row: dict[str, Any] = {"name": peer.name, "allowed_ip": str(peer.allowed_ip), "state": state}
+        if rep is None or rep[0][1] is None:
+            row["reporting"] = False
+            row["why"] = "an ikto v0.3 node (writes no report)" if not peer.speaks else "no report yet"
+        else:
+            (_, r), age = rep
+            assert r is not None
+            row.update(
+                reporting=True, report_age_s=round(age), revision=r.revision, expected=r.expected,
+                in_wireguard=r.in_wireguard, handshaking=r.handshaking, unreachable=list(r.unreachable),
+            )
+        rows.append(row)
+    pairs = [(r["name"], u) for r in rows if r.get("unreachable") for u in r["unreachable"]]
+    return {"nodes": rows, "reporting": sum(r["reporting"] for r in rows), "unreachable_pairs": pairs}

@@ -50,6 +50,9 @@ class Review:
 
     probe: list[tuple[str, bool]] = field(default_factory=list)  # (key, speaks for itself)
     presence_needed: bool = False
+    unreachable: tuple[str, ...] = ()  # names of peers in WireGuard we have not heard for long
+    in_wireguard: int = 0
+    handshaking: int = 0  # peers with a working session (a handshake within 180 s)
 
 
 class Vitals:
@@ -173,10 +176,21 @@ class Vitals:
         expected = liveness.cadence(
             keeps_alive=True, keepalive=self._keepalive, look_interval=self._look_interval()
         )
+        unreachable: list[str] = []
+        in_wireguard = handshaking = 0
         for key, (_, peer) in mesh.entries.items():
             if key == mesh.spec.self_key:
                 continue
             signs = self._signs(key, floored=False)
+            w_ = self._wire.get(peer.public_key)
+            if w_ is not None:
+                in_wireguard += 1
+                handshaking += self.session_fresh(peer.public_key)
+                own = liveness.cadence(keeps_alive=peer.speaks, keepalive=self._keepalive,
+                                       look_interval=self._look_interval())
+                quiet = liveness.quiet(looked - max(w_.sign_at or w_.since, w_.since), own)
+                if quiet is not None and quiet > self.policy.stale_after / 2:
+                    unreachable.append(peer.name or key)
             r = self._records.get(key)
             if liveness.needs_probe(signs, self.policy) and (r is None or r.next_read <= now):
                 due.append((r.next_read if r else 0.0, key, peer.speaks))
@@ -186,7 +200,8 @@ class Vitals:
                 other = min((a for a in (signs.presence, signs.entry) if a is not None), default=None)
                 needed = liveness.needs_presence(gap, other, self.policy, already=presence_often)
         due.sort()
-        return Review([(k, speaks) for _, k, speaks in due[:PROBE_BUDGET]], needed)
+        probe = [(k, speaks) for _, k, speaks in due[:PROBE_BUDGET]]
+        return Review(probe, needed, tuple(sorted(unreachable)), in_wireguard, handshaking)
 
     def expire(self) -> set[str]:
         """Decide which peers are out of WireGuard now; the public keys whose state changed."""

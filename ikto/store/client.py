@@ -294,6 +294,18 @@ class Store:
             raise ValueError(f"revision must be positive (got {revision})")
         await self._call(f"publish to {subject}", kv.delete(key, last=revision), (subject,))
 
+    async def latest(self, pattern: str) -> list[Entry]:
+        """Every key matching pattern with its latest value (a watch read to its snapshot and
+        closed: one consumer for a moment, whatever the number of keys)."""
+        out: list[Entry] = []
+        async with contextlib.aclosing(self.watch(pattern)) as entries:
+            async for e in entries:
+                if e is None:
+                    break
+                if e.operation == "PUT":
+                    out.append(e)
+        return out
+
     def watch(self, pattern: str = "peers.*") -> AsyncGenerator[Entry | None, None]:
         """See ikto.store.watch.watch: a complete snapshot, None, then every change."""
         return _watch(self._bucket_kv(), self._call, f"watching {self._subject(pattern)}", pattern)

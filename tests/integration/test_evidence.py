@@ -13,6 +13,7 @@ from fakes import FakeWg, until
 from test_agent import entry
 
 from ikto import ipam, keys, views
+from ikto.api import call
 from ikto.claim import AddressTakenError, claim
 from ikto.models import Peer
 
@@ -128,3 +129,38 @@ async def test_an_idle_mesh_writes_nothing_under_peers(start_agent, open_store):
     finally:
         stop.set()
         await asyncio.gather(*hs)
+
+
+async def test_the_mesh_view_names_the_pair_that_cannot_reach_each_other(start_agent):
+    """Three agents; b and c never hear each other on the data plane: every node's report,
+    read from any node, says so, and the report clears when they do."""
+    a, wga = await start_agent("fd10:c7::", serve_api=True, **FAST)
+    b, wgb = await start_agent("fd10:c8::", **FAST)
+    c, wgc = await start_agent("fd10:c9::", **FAST)
+    wgs = {a.public_key: wga, b.public_key: wgb, c.public_key: wgc}
+    await until(lambda: all(len(w.peers) == 2 for w in wgs.values()), 10)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(handshaking(w, pk, stop)) for w, pk in
+             ((wga, b.public_key), (wga, c.public_key), (wgb, a.public_key), (wgc, a.public_key))]
+
+    try:
+        async def pairs() -> set[tuple[str, str]]:
+            m = await asyncio.to_thread(call, a.config.admin_socket, "GET", "/v1/mesh")
+            return {tuple(p) for p in m["unreachable_pairs"]}
+
+        deadline = asyncio.get_running_loop().time() + 20
+        want = {(b.config.name, c.config.name), (c.config.name, b.config.name)}
+        while (got := await pairs()) != want:
+            assert asyncio.get_running_loop().time() < deadline, got
+            await asyncio.sleep(0.5)
+        m = await asyncio.to_thread(call, a.config.admin_socket, "GET", "/v1/mesh")
+        assert m["reporting"] == 3 and {n["name"] for n in m["nodes"]} == {x.config.name for x in (a, b, c)}
+        tasks.extend(asyncio.create_task(handshaking(w, pk, stop)) for w, pk in
+                     ((wgb, c.public_key), (wgc, b.public_key)))
+        deadline = asyncio.get_running_loop().time() + 20
+        while got := await pairs():
+            assert asyncio.get_running_loop().time() < deadline, got
+            await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

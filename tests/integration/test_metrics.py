@@ -70,7 +70,7 @@ async def test_per_peer_series_can_be_turned_off_and_tcp_serves_metrics(start_ag
     from ikto_lab.nats import free_port
 
     port = free_port()
-    agent, wg = await start_agent(
+    _, wg = await start_agent(
         "fd10:a2::", serve_api=True, metrics_per_peer=False, metrics_address=f"127.0.0.1:{port}", **FAST
     )
     await until(lambda: e["public_key"] in wg.peers)
