@@ -14,7 +14,15 @@ from typing import Annotated, Any
 import typer
 
 from ikto import __version__, keys, show
-from ikto.config import DEFAULT_MESH, DEFAULT_PREFIX, DEFAULT_SOCKET, ConfigError, load_config, write_config
+from ikto.config import (
+    DEFAULT_MESH,
+    DEFAULT_PREFIX,
+    DEFAULT_SOCKET,
+    SOCKET_DIR,
+    ConfigError,
+    load_config,
+    write_config,
+)
 from ikto.errors import IktoError, UsageError
 
 app = typer.Typer(
@@ -31,8 +39,35 @@ app = typer.Typer(
 
 DEFAULT_CONFIG = Path("/etc/ikto/ikto.json")
 SocketOpt = Annotated[
-    Path, typer.Option("--socket", "-s", help="Admin socket of the running agent.", show_default=True)
+    Path | None,
+    typer.Option(
+        "--socket", "-s", show_default=False,
+        help="Admin socket of the running agent [default: the only one in /run/ikto].",
+    ),
 ]
+MeshOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", show_default=False,
+        help="Pick the agent of this config (one host, several meshes: /etc/ikto/<mesh>.json).",
+    ),
+]
+
+
+def _socket(socket: Path | None, config: Path | None) -> Path:
+    """The agent to ask: -s, else the one of -c's config, else the only agent on this host."""
+    if socket is not None:
+        return socket
+    if config is not None:
+        return load_config(config).socket
+    running = sorted(SOCKET_DIR.glob("*.sock"))
+    if len(running) > 1:
+        names = ", ".join(p.name for p in running)
+        raise UsageError(
+            f"several agents run here ({names} in {SOCKET_DIR}): pick one with -c /etc/ikto/<mesh>.json "
+            "or -s SOCKET"
+        )
+    return running[0] if running else DEFAULT_SOCKET
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -156,16 +191,18 @@ def agent(
     a = Agent(cfg, config)
 
     async def _serve(agent: Agent) -> Any:
-        return await serve(agent, cfg.admin_socket)
+        return await serve(agent, cfg.socket)
 
     code = asyncio.run(a.run(serve_api=_serve))
     raise typer.Exit(code)
 
 
 @app.command()
-def info(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
+def info(socket: SocketOpt = None, as_json: JsonOpt = False, config: MeshOpt = None) -> None:
     """Print the local node and its peers (as ikto v0.3 did)."""
     from ikto.api import call
+
+    socket = _socket(socket, config)
 
     node = call(socket, "GET", "/v1/node")
     peers = call(socket, "GET", "/v1/peers")
@@ -177,8 +214,9 @@ def info(socket: SocketOpt = DEFAULT_SOCKET, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def status(
-    socket: SocketOpt = DEFAULT_SOCKET,
+    socket: SocketOpt = None,
     as_json: JsonOpt = False,
+    config: MeshOpt = None,
     mesh: Annotated[
         bool, typer.Option("--mesh", help="Every node's own report: whom it cannot reach (the whole mesh).")
     ] = False,
@@ -191,7 +229,7 @@ def status(
     """
     from ikto.api import call
 
-    st = call(socket, "GET", "/v1/mesh" if mesh else "/v1/status")
+    st = call(_socket(socket, config), "GET", "/v1/mesh" if mesh else "/v1/status")
     if as_json:
         print(json.dumps(st, indent=2))
         return
@@ -200,7 +238,7 @@ def status(
 
 @app.command()
 def leave(
-    socket: SocketOpt = DEFAULT_SOCKET,
+    socket: SocketOpt = None,
     down: Annotated[bool, typer.Option("--down", help="Also remove the WireGuard interface.")] = False,
     config: Annotated[
         Path | None,
@@ -215,6 +253,7 @@ def leave(
     Normally the running agent does it (and then stops). If the agent is not running, pass
     -c CONFIG: the entry is removed only if it still holds our public key.
     """
+    socket = _socket(socket, config)
     if config is not None and not socket.exists():
         from ikto.admin import leave_direct
 

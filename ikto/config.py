@@ -30,6 +30,8 @@ from ikto.models import LocalNode
 DEFAULT_MESH = "fd10::/16"
 DEFAULT_PREFIX = 48
 DEFAULT_SOCKET = Path("/run/ikto/ikto.sock")
+SOCKET_DIR = DEFAULT_SOCKET.parent
+DEFAULT_DEV = "wg-ikto"
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_=+.-]{1,15}$")
 BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _json_path: ContextVar[Path | None] = ContextVar("ikto_config_path", default=None)
@@ -85,7 +87,7 @@ class Config(BaseSettings):
     )
     subnet_prefix: int = Field(default=DEFAULT_PREFIX, description="prefix length of each node's subnet")
     mesh_cidr: Network = Field(default=ip_network(DEFAULT_MESH), description="the whole mesh")
-    wg_dev_name: str = Field(default="wg-ikto", description="WireGuard interface name")
+    wg_dev_name: str = Field(default=DEFAULT_DEV, description="WireGuard interface name")
     wg_port: int = Field(default=51820, description="WireGuard UDP listen port")
     private_key_path: Path | None = Field(default=None, description="WireGuard private key file (0600)")
     nats_creds: Path | None = Field(default=None, description="NATS credentials file (JWT + nkey)")
@@ -103,7 +105,11 @@ class Config(BaseSettings):
     )
     persistent_keepalive: int = Field(default=25, description="seconds; 0 turns keepalives off")
     mtu: int | None = Field(default=None, description="interface MTU; unset lets wg-quick choose")
-    admin_socket: Path = Field(default=DEFAULT_SOCKET, description="admin API unix socket")
+    admin_socket: Path | None = Field(
+        default=None,
+        description="admin API unix socket "
+        "[default: /run/ikto/ikto.sock for wg-ikto, else /run/ikto/<wg_dev_name>.sock]",
+    )
     config_dir: Path = Field(default=Path("/etc/wireguard"), description="where <dev>.conf is written")
     log_level: str = Field(default="info", description="debug, info, warning or error")
     metrics_address: str | None = Field(
@@ -229,6 +235,16 @@ class Config(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _socket(self) -> Config:
+        # Each mesh on a host has its own interface, so its own socket by default: several
+        # agents (ikto-agent@<mesh>.service) never collide unless told to.
+        if self.admin_socket is None:
+            own = SOCKET_DIR / f"{self.wg_dev_name}.sock"
+            sock = DEFAULT_SOCKET if self.wg_dev_name == DEFAULT_DEV else own
+            object.__setattr__(self, "admin_socket", sock)
+        return self
+
+    @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         # Errors here name their field themselves: pydantic gives them no location.
         mesh = self.mesh_cidr
@@ -285,6 +301,12 @@ class Config(BaseSettings):
             self.name, self.wg_dev_name, self.mesh_cidr, self.nats_kv, self.interface_address,
             self.wg_port, self.mtu, self.persistent_keepalive,
         )
+
+    @property
+    def socket(self) -> Path:
+        """The admin socket (admin_socket, or the default for our interface)."""
+        assert self.admin_socket is not None  # set by the _socket validator
+        return self.admin_socket
 
     @property
     def wg_config_path(self) -> Path:

@@ -199,3 +199,26 @@ def test_every_command_has_help(cmd):
 def test_info_without_agent_is_one_line(tmp_path):
     r = ikto("info", "-s", str(tmp_path / "none.sock"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "is `ikto agent` running" in r.stderr
+
+
+def test_each_mesh_on_a_host_gets_its_own_admin_socket(tmp_path):
+    key = tmp_path / "k"
+    keys.write_private_key(key)
+    base = {"advertise_address": "198.18.0.5", "private_address": "fd10:1::", "private_key_path": str(key)}
+    assert load_config(None, **base).socket.as_posix() == "/run/ikto/ikto.sock"  # as before
+    assert load_config(None, wg_dev_name="wg-blue", **base).socket.as_posix() == "/run/ikto/wg-blue.sock"
+    assert load_config(None, admin_socket="/tmp/x.sock", **base).socket.as_posix() == "/tmp/x.sock"
+
+
+def test_status_asks_which_mesh_when_several_agents_run(tmp_path, monkeypatch):
+    import ikto.cli
+    from ikto.errors import UsageError
+
+    monkeypatch.setattr(ikto.cli, "SOCKET_DIR", tmp_path)
+    assert ikto.cli._socket(None, None).as_posix() == "/run/ikto/ikto.sock"  # none: the default
+    (tmp_path / "ikto.sock").touch()
+    assert ikto.cli._socket(None, None) == tmp_path / "ikto.sock"  # one: that one
+    (tmp_path / "wg-blue.sock").touch()
+    with pytest.raises(UsageError, match=r"several agents run here \(ikto.sock, wg-blue.sock.*-c /etc/ikto"):
+        ikto.cli._socket(None, None)
+    assert ikto.cli._socket(tmp_path / "wg-blue.sock", None) == tmp_path / "wg-blue.sock"
