@@ -52,7 +52,7 @@ from ikto.prober import Prober
 from ikto.records import Report
 from ikto.retry import retrying
 from ikto.store import PermissionDeniedError, Store
-from ikto.vitals import Vitals
+from ikto.vitals import Review, Vitals
 from ikto.wg import Wg, WgApi
 
 log = logging.getLogger("ikto.agent")
@@ -270,21 +270,27 @@ class Agent:
                         await self._checkup()
 
     def _observed(self, dev: WgDevice) -> None:
-        """A look at WireGuard: learn signs of life, then move endpoint trials on."""
+        """A look at WireGuard: learn signs of life, move endpoint trials on, update our report."""
         self.vitals.observe(dev)
-        mesh = self.mesh
-        self.applier.mark(self.paths.observed(dev, mesh.peers()))
+        self.applier.mark(self.paths.observed(dev, self.mesh.peers()))
+        if self.ready.is_set():
+            self._report(self.vitals.review(self.presence.needed))
 
     async def _checkup(self) -> None:
         """Every heartbeat_interval: read the records liveness needs, decide, and help others."""
         review = self.vitals.review(self.presence.needed)
         await self.prober.probe(review.probe)
         self.presence.need(review.presence_needed)
-        self.presence.report(Report(self.follower.revision, len(self.mesh.peers()), review.in_wireguard,
-                                    review.handshaking, review.unreachable))
+        self._report(review)
         if self.follower.snapshot_done:
             self.applier.mark(self.vitals.expire())
         if (dev := self.applier.device) is not None:
             await self.prober.witness(dev, self.mesh.others(), len(self.mesh))
         if review.presence_needed:  # somebody cannot reach us: where do others see us?
             await self.membership.refresh_endpoints(await self.prober.sighting_of_us(self.membership.key))
+
+    def _report(self, review: Review) -> None:
+        self.presence.report(Report(
+            self.follower.revision, len(self.mesh.peers()), review.in_wireguard, review.handshaking,
+            review.unreachable,
+        ))

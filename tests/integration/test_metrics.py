@@ -89,3 +89,31 @@ def test_a_bad_metrics_address_is_refused(bad, make_config, nats_server):
 
     with pytest.raises(ConfigError, match="metrics_address"):
         make_config(nats_server.url, metrics_address=bad)
+
+
+async def test_the_dashboard_and_the_alerts_use_series_we_export(start_agent, open_store):
+    import re
+    import shutil as sh
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
+    promtool = sh.which("promtool")
+    assert promtool, "promtool is missing (make deps installs Debian's prometheus)"
+    r = subprocess.run([promtool, "check", "rules", str(docs / "alerts.yml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = await open_store()
+    e = entry("fd10:c5::/48")
+    await store.put(ipam.peer_key(ip_network("fd10:c5::/48")), json.dumps(e).encode())
+    agent, wg = await start_agent("fd10:a5::", serve_api=True, **FAST)
+    await until(lambda: e["public_key"] in wg.peers)
+    await agent.applier.full_reconcile()
+    text = await scrape(agent.config.admin_socket)
+    exported = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")}
+    names = set()
+    for doc in ("alerts.yml", "grafana-dashboard.json"):
+        names |= set(re.findall(r"\b((?:wireguard|ikto)_[a-z_]+)", (docs / doc).read_text()))
+    names.discard("wireguard_exporter")  # the exporter's name, in a comment
+    base = {n.removesuffix("_bucket").removesuffix("_total").removesuffix("_info") for n in exported}
+    missing = {n for n in names if n not in exported and n.removesuffix("_bucket").removesuffix("_total")
+               .removesuffix("_info") not in base}
+    assert not missing, f"the docs use series we do not export: {missing}"
