@@ -189,7 +189,9 @@ class Vitals:
                 own = liveness.cadence(keeps_alive=peer.speaks, keepalive=self._keepalive,
                                        look_interval=self._look_interval())
                 quiet = liveness.quiet(looked - max(w_.sign_at or w_.since, w_.since), own)
-                if quiet is not None and quiet > self.policy.stale_after / 2:
+                # Past its rhythm by two looks: quick enough for `ikto status --mesh` to name a
+                # broken pair within a minute (docs/metrics.md), slow enough for no false alarms.
+                if quiet is not None and quiet > 2 * self._look_interval():
                     unreachable.append(peer.name or key)
             r = self._records.get(key)
             if liveness.needs_probe(signs, self.policy) and (r is None or r.next_read <= now):

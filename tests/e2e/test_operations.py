@@ -121,7 +121,7 @@ def test_two_meshes_share_the_nodes_and_stay_apart(lab: NamespaceLab) -> None:
     for n in nodes:
         sh(lab, n, (
             "ikto init -m fd20::/16 -p 48 --nats-kv blue --wg-dev-name wg-blue --wg-port 51821 "
-            f"--private-key-path /etc/ikto/blue.key --nats-url {lab.nats_url} "
+            f"--private-key-path /etc/ikto/blue.key --nats-url {lab.nats_url()} "
             f"--advertise-address {lab.underlay(n)} --name {n}-blue -o /etc/ikto/blue.json --force"
         ))
         sh(lab, n, f"nohup ikto agent -c /etc/ikto/blue.json > /tmp/{lab.netns(n)}-blue.log 2>&1 &")
