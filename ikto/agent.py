@@ -20,13 +20,13 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 
-from ikto import keys, liveness
+from ikto import keys, liveness, rotation
 from ikto.applier import Applier, look_interval
 from ikto.clock import Clock
 from ikto.config import Config
 from ikto.desired import Desired
 from ikto.entry import MeshSpec
-from ikto.errors import UsageError
+from ikto.errors import IktoError, UsageError
 from ikto.events import (
     EntryChecked,
     Event,
@@ -101,6 +101,10 @@ class Agent:
         self._stop = asyncio.Event()
         self._applied_snapshot = asyncio.Event()
         self.ready = asyncio.Event()  # the mesh is applied and our address claimed
+        self.restart = False  # run again with a new key (rotation)
+        self.rotator = rotation.Rotator(
+            config.private_key_path, lambda: self.config.wg_port, self.wg, self.membership.rekey
+        )
 
     @property
     def config(self) -> Config:
@@ -142,6 +146,8 @@ class Agent:
                 return 0
             for part in (self.membership, self.follower, self.presence, self.prober):
                 part.attach(self.store)
+            if await self._recover_rotation():
+                return 0
             tasks = [self._task("watch", self.follower.run()), self._task("apply", self.applier.run()),
                      self._task("route", self._route())]
             if not await self._until(self._applied_snapshot.wait()):
@@ -158,6 +164,8 @@ class Agent:
             self.ready.set()
             tasks += [self._task("self-check", self.membership.run()),
                       self._task("presence", self.presence.run()), self._task("tick", self._tick())]
+            if c.rotate_key_days:
+                tasks.append(self._task("rotate", self.rotator.when_old(c.rotate_key_days, self.rotate_key)))
             await self._until(self._stop.wait(), tasks)
             return 0
         finally:
@@ -194,6 +202,17 @@ class Agent:
         """Ask the agent to stop (signal handler)."""
         self._stop.set()
 
+    async def rotate_key(self) -> str:
+        """Replace our WireGuard key (rotation.py); the new public key. The agent then restarts
+        itself, to run with the new key everywhere."""
+        if not self.ready.is_set() or self.store is None or not self.store.connected:
+            raise IktoError("not ready (joining, or cut off from NATS): cannot rotate the key now")
+        public = await self.rotator.rotate()
+        log.warning("rotated our key; restarting to use it", extra=fields(public_key=public))
+        self.restart = True
+        self._stop.set()
+        return public
+
     async def leave(self, down: bool) -> None:
         """Remove our entry from the bucket (with its revision), optionally the interface, then stop."""
         await self.membership.leave()
@@ -201,6 +220,20 @@ class Agent:
             await asyncio.to_thread(self.wg.down, self.config.wg_config_path)
             log.info("interface removed", extra=fields(dev=self.config.wg_dev_name))
         self._stop.set()
+
+    async def _recover_rotation(self) -> bool:
+        """Finish or abandon a key rotation a crash interrupted; True: restart with the new key."""
+        c = self.config
+        assert c.private_key_path is not None and self.store is not None
+        if not rotation.pending(c.private_key_path).exists():
+            return False
+        held = await self.store.get(self.membership.key)
+        action = await asyncio.to_thread(
+            rotation.recover, c.private_key_path, held.value if held else None, self.public_key,
+            self.wg.public_key,
+        )
+        self.restart = action is rotation.Recovery.COMMIT
+        return self.restart
 
     async def _connect(self) -> Store:
         c = self.config
@@ -242,6 +275,7 @@ class Agent:
                     hold = 3 * selfcheck_interval(self.config.heartbeat_interval, len(self.mesh))
                     self.applier.hold_removals(hold)
                     await self.applier.full_reconcile()
+                    self.writer.changed()  # the file may hold an older key or mesh
                     self._applied_snapshot.set()
                 case PeersChanged(public_keys=touched):
                     self.applier.mark(touched)

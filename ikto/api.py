@@ -5,7 +5,8 @@
 Routes: GET /v1/node, /v1/peers, /v1/rejected, /v1/health, /v1/status (all of them);
 GET /v1/mesh (every node's report: whom it cannot reach); GET /metrics (Prometheus text; also
 over TCP at metrics_address);
-POST /v1/leave[?down=1] (remove our entry, optionally the interface, then stop).
+POST /v1/leave[?down=1] (remove our entry, optionally the interface, then stop);
+POST /v1/rotate-key (a new WireGuard key, then the agent restarts with it).
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ async def _leave(request: web.Request) -> web.Response:
     return web.json_response({"left": True, "interface_removed": down})
 
 
+async def _rotate_key(request: web.Request) -> web.Response:
+    try:
+        public = await _agent(request).rotate_key()
+    except IktoError as e:
+        return web.json_response({"error": str(e)}, status=409)
+    return web.json_response({"rotated": True, "public_key": public})
+
+
 async def _mesh(request: web.Request) -> web.Response:
     try:
         return web.json_response(await views.mesh(_agent(request)))
@@ -89,6 +98,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/status", _status)
     app.router.add_post("/v1/leave", _leave)
     app.router.add_get("/v1/mesh", _mesh)
+    app.router.add_post("/v1/rotate-key", _rotate_key)
     app.router.add_get("/metrics", _metrics)
     return app
 

@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ikto import __version__, keys, show
-from ikto.config import (
-    DEFAULT_MESH,
-    DEFAULT_PREFIX,
-    DEFAULT_SOCKET,
-    SOCKET_DIR,
-    ConfigError,
-    load_config,
-    write_config,
-)
+from ikto import __version__, cli_admin, keys, show
+from ikto.cli_opts import DEFAULT_CONFIG, JsonOpt, MeshOpt, SocketOpt, socket_of
+from ikto.config import DEFAULT_MESH, DEFAULT_PREFIX, ConfigError, load_config, write_config
 from ikto.errors import IktoError, UsageError
 
 app = typer.Typer(
@@ -36,40 +30,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-DEFAULT_CONFIG = Path("/etc/ikto/ikto.json")
-SocketOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--socket", "-s", show_default=False,
-        help="Admin socket of the running agent [default: the only one in /run/ikto].",
-    ),
-]
-MeshOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", show_default=False,
-        help="Pick the agent of this config (one host, several meshes: /etc/ikto/<mesh>.json).",
-    ),
-]
-
-
-def _socket(socket: Path | None, config: Path | None) -> Path:
-    """The agent to ask: -s, else the one of -c's config, else the only agent on this host."""
-    if socket is not None:
-        return socket
-    if config is not None:
-        return load_config(config).socket
-    running = sorted(SOCKET_DIR.glob("*.sock"))
-    if len(running) > 1:
-        names = ", ".join(p.name for p in running)
-        raise UsageError(
-            f"several agents run here ({names} in {SOCKET_DIR}): pick one with -c /etc/ikto/<mesh>.json "
-            "or -s SOCKET"
-        )
-    return running[0] if running else DEFAULT_SOCKET
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
 
 @app.callback(invoke_without_command=True)
 def _root(
@@ -194,6 +154,8 @@ def agent(
         return await serve(agent, cfg.socket)
 
     code = asyncio.run(a.run(serve_api=_serve))
+    if a.restart:  # a new key (rotation): run again, this process's pid and all
+        os.execv(sys.executable, [sys.executable, "-m", "ikto", *sys.argv[1:]])
     raise typer.Exit(code)
 
 
@@ -202,7 +164,7 @@ def info(socket: SocketOpt = None, as_json: JsonOpt = False, config: MeshOpt = N
     """Print the local node and its peers (as ikto v0.3 did)."""
     from ikto.api import call
 
-    socket = _socket(socket, config)
+    socket = socket_of(socket, config)
 
     node = call(socket, "GET", "/v1/node")
     peers = call(socket, "GET", "/v1/peers")
@@ -229,7 +191,7 @@ def status(
     """
     from ikto.api import call
 
-    st = call(_socket(socket, config), "GET", "/v1/mesh" if mesh else "/v1/status")
+    st = call(socket_of(socket, config), "GET", "/v1/mesh" if mesh else "/v1/status")
     if as_json:
         print(json.dumps(st, indent=2))
         return
@@ -253,7 +215,7 @@ def leave(
     Normally the running agent does it (and then stops). If the agent is not running, pass
     -c CONFIG: the entry is removed only if it still holds our public key.
     """
-    socket = _socket(socket, config)
+    socket = socket_of(socket, config)
     if config is not None and not socket.exists():
         from ikto.admin import leave_direct
 
@@ -265,99 +227,7 @@ def leave(
     print("ikto: left the mesh" + (" and removed the interface" if down else ""), file=sys.stderr)
 
 
-@app.command()
-def bucket(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c",
-            help=f"Node config to take the NATS settings from [default: {DEFAULT_CONFIG} if it exists].",
-            show_default=False,
-        ),
-    ] = None,
-    nats_url: Annotated[str | None, typer.Option(help="NATS server URL(s), overriding the config's.")] = None,
-    nats_creds: Annotated[
-        Path | None, typer.Option(help="NATS credentials, e.g. an admin's: nodes may not change the bucket.")
-    ] = None,
-    nats_kv: Annotated[str | None, typer.Option(help="Bucket name, overriding the config's.")] = None,
-    max_consumers: Annotated[
-        int | None,
-        typer.Option(help="Set how many watches (one per agent) the bucket allows (nats-server 2.12.5+)."),
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Show the mesh's bucket (limits, watches, entries), or raise how many watches it allows.
-
-    Every agent watches the bucket through one consumer on its stream. nats-server 2.11+ caps a
-    stream at 1,000 consumers unless it says otherwise, so the 1,001st node could not watch;
-    buckets that `ikto agent` creates allow 100,000. Raise the limit of a bucket created
-    elsewhere (by `nats kv add`, or an older ikto) before the mesh outgrows it (needs
-    nats-server 2.12.5+; older servers do not cap it unless set, and cannot change it in place).
-
-    \b
-    Examples:
-      ikto bucket -c /etc/ikto/ikto.json
-      ikto bucket -c /etc/ikto/ikto.json --nats-creds /etc/ikto/admin.creds --max-consumers 20000
-    """
-    from ikto.admin import bucket_command
-
-    if max_consumers is not None and max_consumers < 1:
-        raise UsageError(f"--max-consumers {max_consumers}: must be at least 1")
-    if config is None and DEFAULT_CONFIG.exists():
-        config = DEFAULT_CONFIG
-    cfg = load_config(config, nats_url=nats_url, nats_creds=nats_creds, nats_kv=nats_kv)
-    info = asyncio.run(bucket_command(cfg, max_consumers))
-    if as_json:
-        print(json.dumps(info.as_dict(), indent=2))
-        return
-    print("\n".join(show.bucket(info.as_dict())))
-
-
-@app.command("nats-permissions")
-def nats_permissions(
-    nodes: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="NODE",
-            help="One per node, USER:PASSWORD:SUBNET: the node's NATS user and password and its "
-            "pinned subnet, e.g. node1:PW1:198.19.11.0/24 or node2:PW2:fd10:6772:f964::/48.",
-            show_default=False,
-        ),
-    ],
-    admin: Annotated[
-        str,
-        typer.Option(
-            metavar="USER:PASSWORD", help="The admin user, who creates the bucket.", show_default=False
-        ),
-    ],
-    bucket: Annotated[str, typer.Option(help="The mesh's bucket (the nodes' nats_kv).")] = "ikto-mesh",
-) -> None:
-    """Print a nats-server `authorization` block in which each node may write only its own entry.
-
-    A node may publish to its own entry ($KV.<bucket>.peers.<base64url of its subnet>) and
-    presence record (alive.<same>), to the witness records (seen.*: what it sees of others),
-    and to the JetStream API subjects that reading and watching the bucket need, never to
-    $JS.>; so it cannot overwrite, delete or purge another node's entry, or delete the bucket. Each
-    node's subnet must be fixed in advance: pin it with `ikto init --private-address`. The
-    admin has every right and creates the bucket; run the nodes with "create_bucket": false.
-    Users and passwords may not contain ':'. See docs/nats-permissions.md.
-
-    \b
-    Example (then `include ./ikto-auth.conf` in the server's config and reload it):
-      ikto nats-permissions --admin admin:ADMIN-PW node1:PW1:198.19.11.0/24 \\
-          node2:PW2:198.19.12.0/24 > /etc/nats/ikto-auth.conf
-    """
-    from ikto import natsauth
-    from ikto.config import BUCKET_RE
-
-    if not BUCKET_RE.match(bucket):
-        raise UsageError(f"--bucket {bucket!r}: must be 1-64 characters of letters, digits, _ and -")
-    try:
-        users = [natsauth.parse_node(spec) for spec in nodes]
-        block = natsauth.authorization(bucket, natsauth.parse_admin(admin), users)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    sys.stdout.write(block)
+cli_admin.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

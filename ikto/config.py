@@ -112,6 +112,9 @@ class Config(BaseSettings):
     )
     config_dir: Path = Field(default=Path("/etc/wireguard"), description="where <dev>.conf is written")
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    rotate_key_days: float | None = Field(
+        default=None, description="replace the WireGuard key when it is this many days old; off if unset"
+    )
     metrics_address: str | None = Field(
         default=None, description="host:port to serve /metrics over TCP (e.g. 127.0.0.1:9586); off if unset"
     )
@@ -204,6 +207,13 @@ class Config(BaseSettings):
     def _mtu(cls, v: int | None) -> int | None:
         if v is not None and not 1280 <= v <= 9000:
             raise ValueError(f"must be 1280-9000 (got {v})")
+        return v
+
+    @field_validator("rotate_key_days")
+    @classmethod
+    def _rotate(cls, v: float | None) -> float | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be at least 1 day (got {v})")
         return v
 
     @field_validator("metrics_address")

@@ -224,6 +224,19 @@ class Membership:
             port=c.wg_port, advertise=self.peer.advertise_address, mesh=c.mesh_cidr,
         ))
 
+    async def rekey(self, public_key: str) -> None:
+        """Our key is being replaced: write the new public key into our entry (compare-and-set;
+        only over our own entry, old key or new)."""
+        assert self._store is not None
+        old = self.public_key
+        async with self._lock:
+            cur = await self._store.get(self.key)
+            if cur is None or entry.owner(cur.value) not in (old, public_key):
+                raise IktoError(f"our entry {self.key} is not ours any more: not rotating the key")
+            peer = replace(self.peer, public_key=public_key)
+            self.revision = await self._store.update(self.key, entry.encode(peer), cur.revision)
+            self.peer, self.public_key = peer, public_key
+
     async def publish(self, endpoints: tuple[str, ...]) -> None:
         """Our candidate endpoints changed: rewrite our entry with them (at most every
         MIN_REWRITE_GAP seconds; every node hears this write)."""

@@ -32,8 +32,7 @@ class FakeWg:
         self.host_addrs: list[Interface] = []
 
     def public_key(self, private_b64: str) -> str:
-        self.key = keys.public_key(private_b64)
-        return self.key
+        return keys.public_key(private_b64)  # like `wg pubkey`: the device is not touched
 
     def link(self) -> Link | None:
         return Link(self.dev, self.link_up, self.mtu) if self.up_ else None
@@ -45,6 +44,9 @@ class FakeWg:
         self.calls.append(("up", conf_path))
         self.up_ = self.link_up = True
         self.listen_port = 51820
+        for line in Path(conf_path).read_text().splitlines():  # as wg-quick would
+            if line.startswith("PrivateKey = "):
+                self.key = keys.public_key(line.split(" = ", 1)[1])
 
     def down(self, conf_path: Path) -> None:
         self.calls.append(("down", conf_path))
@@ -59,6 +61,7 @@ class FakeWg:
     def configure(self, listen_port: int, private_key_path: Path) -> None:
         self.calls.append(("configure", listen_port))
         self.listen_port = listen_port
+        self.key = keys.public_key(Path(private_key_path).read_text())
 
     def addresses(self) -> list[Interface]:
         return list(self.addrs)

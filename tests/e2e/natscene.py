@@ -56,6 +56,19 @@ def peer_view(lab: NamespaceLab, node: str, peer: str) -> dict[str, Any]:
     return {}
 
 
+def settled_view(
+    lab: NamespaceLab, node: str, peer: str, want: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+) -> dict[str, Any]:
+    """peer_view once `want` holds, or the last one after timeout: the agent learns what its
+    WireGuard did at its next look (every 5 s in a small mesh), so what it shows may lag."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = peer_view(lab, node, peer)
+        if want(view) or time.monotonic() > deadline:
+            return view
+        time.sleep(1)
+
+
 def log_lines(lab: NamespaceLab, node: str, msg: str, *, public_key: str | None = None) -> list[str]:
     """Lines of node's agent log with msg="<msg>" (and about public_key, if given)."""
     text = lab.layout.agent_log(node).read_text(errors="replace")

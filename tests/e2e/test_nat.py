@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from natscene import Sampler, agents, host, log_lines, max_endpoint_changes, peer_view, wait_until
+from natscene import (
+    Sampler,
+    agents,
+    host,
+    log_lines,
+    max_endpoint_changes,
+    peer_view,
+    settled_view,
+    wait_until,
+)
 
 from ikto.liveness import REKEY_AFTER_TIME, SESSION_FRESH
 from ikto_lab import NamespaceLab
@@ -240,7 +249,7 @@ def test_nated_node_advertises_its_lan_address_and_publishes_its_mapping(scene: 
     # Where the NATS server sees it connect from, with its WireGuard port: right for a
     # port-preserving router.
     assert f"{wan}:51820" in node["endpoints"], node
-    view = peer_view(lab, "open1", "nat1")
+    view = settled_view(lab, "open1", "nat1", lambda v: v.get("path") == "direct")
     print(f"NAT figures: open1 sees nat1 at {view['endpoint']} ({view['state']}, {view['path']})")
     assert view["endpoint"] == f"{wan}:51820" and view["state"] == "ok" and view["path"] == "direct"
 
@@ -254,7 +263,7 @@ def test_two_nated_nodes_connect_directly(scene: Scene, nat2: Joined) -> None:
     )
     assert nat2.direct_after <= DIRECT_WITHIN
     for a, b in (("nat1", "nat2"), ("nat2", "nat1")):
-        v = peer_view(lab, a, b)
+        v = settled_view(lab, a, b, lambda v: v.get("path") == "direct")
         assert (v["state"], v["path"], host(v["endpoint"])) == ("ok", "direct", lab.public_address(b))
 
 
@@ -274,7 +283,7 @@ def test_open_and_symmetric_nodes_reach_each_other(scene: Scene) -> None:
     lab = scene.lab
     for a, b in (("open1", "rnd1"), ("rnd1", "open1"), ("open2", "rnd1"), ("v3a", "rnd1")):
         assert lab.ping(a, b, 10), f"{a} cannot ping {b}"
-    v = peer_view(lab, "open1", "rnd1")
+    v = settled_view(lab, "open1", "rnd1", lambda v: v.get("path") == "direct")
     assert (v["state"], v["path"], host(v["endpoint"])) == ("ok", "direct", lab.public_address("rnd1"))
     print(f"NAT figures: open1 reaches rnd1 (symmetric NAT) at {v['endpoint']}")
 

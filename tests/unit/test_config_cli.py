@@ -211,14 +211,14 @@ def test_each_mesh_on_a_host_gets_its_own_admin_socket(tmp_path):
 
 
 def test_status_asks_which_mesh_when_several_agents_run(tmp_path, monkeypatch):
-    import ikto.cli
+    import ikto.cli_opts
     from ikto.errors import UsageError
 
-    monkeypatch.setattr(ikto.cli, "SOCKET_DIR", tmp_path)
-    assert ikto.cli._socket(None, None).as_posix() == "/run/ikto/ikto.sock"  # none: the default
+    monkeypatch.setattr(ikto.cli_opts, "socket_dir", lambda: tmp_path)
+    assert ikto.cli_opts.socket_of(None, None).as_posix() == "/run/ikto/ikto.sock"  # none: the default
     (tmp_path / "ikto.sock").touch()
-    assert ikto.cli._socket(None, None) == tmp_path / "ikto.sock"  # one: that one
+    assert ikto.cli_opts.socket_of(None, None) == tmp_path / "ikto.sock"  # one: that one
     (tmp_path / "wg-blue.sock").touch()
     with pytest.raises(UsageError, match=r"several agents run here \(ikto.sock, wg-blue.sock.*-c /etc/ikto"):
-        ikto.cli._socket(None, None)
-    assert ikto.cli._socket(tmp_path / "wg-blue.sock", None) == tmp_path / "wg-blue.sock"
+        ikto.cli_opts.socket_of(None, None)
+    assert ikto.cli_opts.socket_of(tmp_path / "wg-blue.sock", None) == tmp_path / "wg-blue.sock"

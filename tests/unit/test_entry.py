@@ -34,3 +34,19 @@ def test_encode_round_trips_through_parse_and_owner() -> None:
 def test_lenient_readings(value: bytes | None, owner: str | None, described: str) -> None:
     assert entry.owner(value) == owner
     assert entry.describe(value) == described
+
+
+@pytest.mark.parametrize(
+    ("new", "owner", "want"),
+    [
+        (None, "OLD", "nothing"),  # no rotation under way
+        ("NEW", "NEW", "commit"),  # our entry already has the new key: finish
+        ("NEW", "OLD", "abandon"),  # it never got it: forget the new key
+        ("NEW", None, "abandon"),  # no entry at all: the claim will write one with the old key
+        ("NEW", "STRANGER", "abandon"),  # someone else's: keep the old key; the claim moves us
+    ],
+)
+def test_what_a_restart_does_with_an_unfinished_rotation(new, owner, want):
+    from ikto.rotation import decide
+
+    assert decide(new, owner, "OLD") == want
