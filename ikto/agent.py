@@ -83,7 +83,9 @@ class Agent:
         self.follower = Follower(self._spec(), emit)
         policy = liveness.Policy(config.stale_after, config.remove_after, config.reclaim_after)
         keepalive = config.persistent_keepalive
-        self.vitals = Vitals(policy, lambda: self.mesh, self.clock, hb, keepalive, self._look)
+        self.vitals = Vitals(
+            policy, lambda: self.mesh, self.clock, hb, keepalive, self._look, self.public_key
+        )
         self.paths = Paths(self.clock.mono, self.vitals.session_fresh)
         rarely = config.reclaim_after / 4
         self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb / 2, rarely)

@@ -171,18 +171,32 @@ def needs_probe(signs: Signs, policy: Policy) -> bool:
 
 
 def needs_presence(
-    handshake_age: float | None, other: float | None, policy: Policy, *, already: bool = False
+    quiet: float | None,
+    silent: float | None,
+    peer_presence: float | None,
+    policy: Policy,
+    *,
+    first: bool,
+    already: bool = False,
 ) -> bool:
-    """Must we write our presence often for this peer? When it is alive by other evidence but
-    our data plane has not heard it for half of stale_after (it cannot hear us either: a
-    handshake is mutual), so it is reading our presence record to know we are alive.
+    """Must we write our presence often for this peer? When our data plane has lost it (`quiet`
+    past its rhythm by half of stale_after: it has lost us too, a handshake being mutual) while
+    it is alive, so that it can learn from our record that we are alive.
 
-    `already`: we write often now; we keep doing so while the peer is not silent for
-    remove_after, so that a late record on either side does not make both stop (hysteresis).
+    Who starts: a pair that loses its data plane would each wait for the other's record, so one
+    side goes `first` (the lower public key) while the peer is alive by any evidence, and the
+    other follows once the peer's own presence record is fresh (`peer_presence`): a node that
+    died makes only the nodes below it in key order write, and only until it is stale.
+    `already`: we write often now, and keep doing so until the peer is stale by more than half
+    of stale_after again, so that a late record does not make both stop (hysteresis).
     """
-    lost = handshake_age is None or handshake_age > policy.stale_after / 2
-    alive_within = policy.remove_after if already else policy.stale_after
-    return lost and other is not None and other <= alive_within
+    lost = quiet is None or quiet > policy.stale_after / 2
+    if not lost or silent is None:
+        return False
+    if already:
+        return silent <= policy.stale_after * 1.5
+    alive = silent <= policy.stale_after
+    return alive and (first or (peer_presence is not None and peer_presence <= policy.stale_after))
 
 
 def witness_interval(observer: str, subject: str, observers: int, base: float, cap: float) -> float:

@@ -59,9 +59,8 @@ class Presence:
         """Our view of the mesh; written at once when whom we cannot reach changed."""
         self._report = report
         if self._written is None or report.unreachable != self._written.unreachable:
+            self._written_at = None  # due now: our first report, or whom we cannot reach changed
             self._wake.set()
-            if self._written is not None:
-                self._written_at = None  # due now
 
     def rewrite(self) -> None:
         """Write it now (we moved, or the bucket came back)."""

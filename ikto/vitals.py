@@ -66,8 +66,10 @@ class Vitals:
         heartbeat_interval: float,
         keepalive: int,
         look_interval: Callable[[], float],
+        public_key: str,
     ) -> None:
         self.policy = policy
+        self._public_key = public_key
         self._mesh = mesh
         self._clock = clock
         self._hb = heartbeat_interval
@@ -189,9 +191,10 @@ class Vitals:
                 own = liveness.cadence(keeps_alive=peer.speaks, keepalive=self._keepalive,
                                        look_interval=self._look_interval())
                 quiet = liveness.quiet(looked - max(w_.sign_at or w_.since, w_.since), own)
-                # Past its rhythm by two looks: quick enough for `ikto status --mesh` to name a
-                # broken pair within a minute (docs/metrics.md), slow enough for no false alarms.
-                if quiet is not None and quiet > 2 * self._look_interval():
+                # Past its rhythm by a look: quick enough for `ikto status --mesh` to name a broken
+                # pair within a minute, and a live peer is never that late (its keepalive plus a
+                # look, at the most, is its rhythm already).
+                if quiet is not None and quiet > self._look_interval():
                     unreachable.append(peer.name or key)
             r = self._records.get(key)
             if liveness.needs_probe(signs, self.policy) and (r is None or r.next_read <= now):
@@ -199,8 +202,10 @@ class Vitals:
             w = self._wire.get(peer.public_key)
             if peer.speaks and w is not None and not needed:  # a peer we hold, able to read ours
                 gap = liveness.quiet(looked - max(w.sign_at or w.since, w.since), expected)
-                other = min((a for a in (signs.presence, signs.entry) if a is not None), default=None)
-                needed = liveness.needs_presence(gap, other, self.policy, already=presence_often)
+                needed = liveness.needs_presence(
+                    gap, liveness.silence(signs), signs.presence, self.policy,
+                    first=self._public_key < peer.public_key, already=presence_often,
+                )
         due.sort()
         probe = [(k, speaks) for _, k, speaks in due[:PROBE_BUDGET]]
         return Review(probe, needed, tuple(sorted(unreachable)), in_wireguard, handshaking)

@@ -126,17 +126,19 @@ def test_records_are_read_only_when_free_evidence_is_old(signs, want):
 
 
 @pytest.mark.parametrize(
-    ("gap", "other", "want"),
+    ("quiet", "silent", "peer_presence", "first", "want"),
     [
-        (5.0, 3.0, False),  # we hear each other on the data plane
-        (30.0, 3.0, True),  # alive (it wrote), but our paths do not work: it reads our presence
-        (30.0, None, False),  # nothing says it is alive: nobody is reading
-        (30.0, 50.0, False),  # stale: a dead peer makes us write nothing
-        (None, 3.0, True),
+        (5.0, 5.0, None, True, False),  # we hear each other on the data plane
+        (30.0, 30.0, None, True, True),  # lost, alive a moment ago: the lower key starts
+        (30.0, 30.0, None, False, False),  # …the higher one waits for the peer's record
+        (30.0, 3.0, 3.0, False, True),  # …and follows once that record is fresh
+        (30.0, 50.0, None, True, False),  # stale: a dead peer makes us write nothing
+        (None, 3.0, None, True, True),  # never heard on the data plane, but alive
+        (30.0, None, None, True, False),  # nothing known at all
     ],
 )
-def test_presence_is_written_often_only_for_a_peer_that_needs_it(gap, other, want):
-    assert needs_presence(gap, other, P) is want
+def test_presence_is_written_often_only_for_a_peer_that_needs_it(quiet, silent, peer_presence, first, want):
+    assert needs_presence(quiet, silent, peer_presence, P, first=first) is want
 
 
 def test_witness_intervals_spread_the_observers():
@@ -168,8 +170,8 @@ def test_quiet_counts_only_past_the_cadence():
     assert quiet(100.0, 30.0) == 70.0
 
 
-def test_writing_presence_often_is_sticky_until_the_peer_is_gone():
-    assert not needs_presence(30.0, 46.0, P)  # a late record: would not start writing often…
-    assert needs_presence(30.0, 46.0, P, already=True)  # …but does not stop because of it
-    assert not needs_presence(30.0, 601.0, P, already=True)  # gone for remove_after: stop
-    assert not needs_presence(5.0, 3.0, P, already=True)  # the data plane works again: stop
+def test_writing_presence_often_is_sticky_until_the_peer_is_well_stale():
+    assert not needs_presence(30.0, 50.0, None, P, first=True)  # would not start writing often…
+    assert needs_presence(30.0, 50.0, None, P, first=True, already=True)  # …nor stop for a late record
+    assert not needs_presence(30.0, 70.0, None, P, first=True, already=True)  # gone: stop
+    assert not needs_presence(5.0, 3.0, 3.0, P, first=True, already=True)  # the data plane works: stop

@@ -34,7 +34,7 @@ def world(n: int = 3, **extra: object) -> tuple[Vitals, Mesh, FakeClock, list[tu
         when = datetime.fromtimestamp(clock.server() - 5000, UTC)  # written long ago
         mesh.put(key, json.dumps(entry(net, public_key=pk, **extra)).encode(), i, when)
         peers.append((key, pk))
-    return Vitals(P, lambda: mesh, clock, 10.0, KEEPALIVE, lambda: LOOK), mesh, clock, peers
+    return Vitals(P, lambda: mesh, clock, 10.0, KEEPALIVE, lambda: LOOK, "A" * 44), mesh, clock, peers
 
 
 def dump(rx: dict[str, int], hs: dict[str, int] | None = None) -> WgDevice:
