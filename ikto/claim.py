@@ -91,7 +91,7 @@ async def _claim_one(store: Store, peer: Peer, reclaim_after: float | None) -> i
         if holder is None:
             continue  # deleted since our create: try again
         if entry.owner(holder.value) != peer.public_key:
-            silent = await _silent_for(store, holder)
+            silent = await holder_silence(store, holder)
             if reclaim_after is None or not liveness.reclaimable(silent, reclaim_after):
                 return holder
             log.warning(
@@ -107,7 +107,7 @@ async def _claim_one(store: Store, peer: Peer, reclaim_after: float | None) -> i
     raise StoreError(f"could not claim {peer.allowed_ip}: key {key} kept changing under us")
 
 
-async def _silent_for(store: Store, holder: Entry) -> float | None:
+async def holder_silence(store: Store, holder: Entry) -> float | None:
     """Seconds since the holder's youngest sign of life on the server's clock (its entry, its
     presence record, a witness record), measured up to the bucket's newest write."""
     now = await store.server_time()

@@ -26,6 +26,7 @@ from ikto.errors import UsageError
 from ikto.files import write_atomic
 from ikto.ipam import Address, Interface, Network, unusable_endpoint_reason
 from ikto.models import LocalNode
+from ikto.routes import own_problems
 
 DEFAULT_MESH = "fd10::/16"
 DEFAULT_PREFIX = 48
@@ -100,6 +101,10 @@ class Config(BaseSettings):
     nats_tls_cert: Path | None = Field(default=None, description="client certificate for NATS mTLS")
     nats_tls_key: Path | None = Field(default=None, description="client key for NATS mTLS")
     create_bucket: bool = Field(default=True, description="create the bucket if it does not exist")
+    routes: list[Network] = Field(
+        default_factory=list, description="networks this node routes for the mesh (a LAN behind it)"
+    )
+    exit_node: bool = Field(default=False, description="may announce a default route (0.0.0.0/0, ::/0)")
     address_pinned: bool = Field(
         default=False, description="never move to another address if ours is taken"
     )
@@ -154,6 +159,19 @@ class Config(BaseSettings):
                 return ip_network(v, strict=True)
             except ValueError as e:
                 raise ValueError(f"not a network in CIDR form ({e})") from None
+        return v
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            out = []
+            for r in v:
+                try:
+                    out.append(ip_network(r, strict=True) if isinstance(r, str) else r)
+                except ValueError as e:
+                    raise ValueError(f"{r!r} is not a network in CIDR form ({e})") from None
+            return out
         return v
 
     @field_validator("name")
@@ -276,6 +294,9 @@ class Config(BaseSettings):
                 keys.check_key_file_mode(self.private_key_path)
             except UsageError as e:
                 raise ValueError(f"private_key_path: {e}") from None
+        bad_routes = own_problems(self.routes, mesh, self.exit_node)
+        if bad_routes:
+            raise ValueError("routes: " + "; ".join(bad_routes))
         if self.advertise_address is not None and self.advertise_address in mesh:
             raise ValueError(
                 f"advertise_address: {self.advertise_address} is inside the mesh {mesh}; "

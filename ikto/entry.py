@@ -14,6 +14,7 @@ from ipaddress import ip_address, ip_network
 from ikto import ipam, keys
 from ikto.ipam import Network
 from ikto.models import Peer, endpoint_text
+from ikto.routes import MAX_ROUTES
 
 MAX_VALUE_BYTES = 4096
 """A v0.3 entry is ~200 bytes of JSON; 4 KiB leaves room for new fields and stops a writer
@@ -139,7 +140,23 @@ def parse(key: str, value: bytes, spec: MeshSpec) -> Peer:
     if key == spec.self_key and public_key != spec.self_public_key:
         raise EntryError("claims our address with another public key")
     endpoints = _endpoints(data["endpoints"], spec) if "endpoints" in data else None
-    return Peer(name, public_key, adv, allowed, port, endpoints)
+    routed = _routes(data.get("routes", []))
+    exit_ = data.get("exit", False)
+    if not isinstance(exit_, bool):
+        raise EntryError(f"exit is a {type(exit_).__name__}, not true or false")
+    return Peer(name, public_key, adv, allowed, port, endpoints, routed, exit_)
+
+
+def _routes(value: object) -> tuple[Network, ...]:
+    """The optional routed networks: at most MAX_ROUTES networks in CIDR form."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise EntryError("routes is not a list of strings")
+    if len(value) > MAX_ROUTES:
+        raise EntryError(f"routes lists {len(value)} networks (at most {MAX_ROUTES})")
+    try:
+        return tuple(ip_network(v, strict=True) for v in value)
+    except ValueError as e:
+        raise EntryError(f"routes: {e}") from None
 
 
 def _endpoints(value: object, spec: MeshSpec) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ class Peer:
     # Candidate endpoints beyond the advertised one ("host:port"). None: the entry has no such
     # field, so it was written by ikto v0.3, which never writes presence records.
     endpoints: tuple[str, ...] | None = None
+    routes: tuple[Network, ...] = ()  # networks it routes (applied only while reserved: routes.py)
+    exit: bool = False  # it may announce a default route
 
     @property
     def endpoint(self) -> str:
@@ -46,6 +48,10 @@ class Peer:
         }
         if self.endpoints is not None:
             out["endpoints"] = list(self.endpoints)
+        if self.routes:
+            out["routes"] = [str(r) for r in self.routes]
+        if self.exit:
+            out["exit"] = True
         return out
 
 

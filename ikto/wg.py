@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shlex
 from collections.abc import Callable, Iterator
 from ipaddress import (
@@ -27,11 +26,12 @@ from typing import Protocol
 
 import sh
 
-from ikto.errors import IktoError
-from ikto.ipam import Interface
+from ikto.ipam import Interface, Network
 from ikto.keys import is_valid_public_key
 from ikto.models import Link, PeerConfig, Plan, WgDevice
-from ikto.wgfacts import parse_dump, parse_host_addresses, parse_ip_addr, parse_ip_link
+from ikto.wgerrors import PACKAGES
+from ikto.wgerrors import WgError as WgError
+from ikto.wgfacts import parse_dump, parse_host_addresses, parse_ip_addr, parse_ip_link, parse_routes
 
 log = logging.getLogger(__name__)
 
@@ -44,83 +44,6 @@ CHUNK_PEERS = 1000
 # Documentation addresses (RFC 5737, RFC 3849): `ip route get` only looks the route up.
 _PROBE_V4 = "192.0.2.1"
 _PROBE_V6 = "2001:db8::1"
-
-_PACKAGES = {"wg": "wireguard-tools", "wg-quick": "wireguard-tools", "ip": "iproute2",
-             "wireguard-go": "wireguard-go"}
-
-# Hints for stderr a person sees often: (substring, hint).
-_HINTS: tuple[tuple[str, str], ...] = (
-    ("Operation not permitted", "run as root or grant CAP_NET_ADMIN"),
-    ("Permission denied", "run as root or grant CAP_NET_ADMIN"),
-    ("Unable to access interface", "the WireGuard interface does not exist; is the agent running?"),
-    ("Address already in use", "another process uses this UDP port; choose another wg_port"),
-    ("already exists", "delete it first: ip link del dev <interface>"),
-    ("Cannot open network namespace", "the network namespace does not exist"),
-    ("Cannot find device", "the interface does not exist"),
-)
-
-# wg-quick writes lines to stderr that are not the error: its command echo ("[#] ..."),
-# the kernel-module fallback notice and wireguard-go's "not required" banner.
-_NOISE = re.compile(r"^(\[#\]|\[!\]|Warning:|[\u2500-\u257f])")
-
-
-class WgError(IktoError):
-    """A wg / wg-quick / ip command failed; str() is one actionable line."""
-
-    # Note: exit_code is the command's status, shadowing IktoError's class attribute.
-    def __init__(
-        self, argv: list[str], exit_code: int, stderr: str, *, message: str | None = None
-    ) -> None:
-        self.argv = list(argv)
-        self.exit_code = exit_code
-        self.stderr = stderr
-        self.hint = _hint(argv, stderr)
-        super().__init__(message or self._message())
-
-    def _message(self) -> str:
-        msg = f"{shlex.join(self.argv)}: exited {self.exit_code}"
-        detail = _error_line(self.argv, self.stderr)
-        if detail:
-            msg += f": {detail}"
-        if self.hint:
-            msg += f" ({self.hint})"
-        return msg
-
-
-def _command_name(argv: list[str]) -> str:
-    """The program that really ran, behind `ip netns exec NS`."""
-    if len(argv) > 4 and argv[:3] == ["ip", "netns", "exec"]:
-        return argv[4]
-    return argv[0] if argv else ""
-
-
-def _error_line(argv: list[str], stderr: str) -> str:
-    """The one stderr line that says what went wrong."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    fell_back = any("Falling back to slow userspace" in ln for ln in lines)
-    useful = [
-        ln for ln in lines
-        if not _NOISE.match(ln) and not (fell_back and ln == "Error: Unknown device type.")
-    ]
-    if _command_name(argv) == "wg-quick" and not fell_back and "Error: Unknown device type." in lines:
-        return "Error: Unknown device type."
-    # wg-quick's cleanup trap runs after the failing step, so the first line is the cause.
-    return useful[0] if useful else (lines[-1] if lines else "")
-
-
-def _hint(argv: list[str], stderr: str) -> str | None:
-    name = _command_name(argv)
-    if name == "wg-quick" and "Unknown device type" in stderr and "Falling back" not in stderr:
-        return "no WireGuard kernel module and no wireguard-go: install wireguard-go"
-    m = re.search(r'exec of "([^"]+)" failed: No such file', stderr)
-    if m:
-        prog = m.group(1)
-        return f"install {_PACKAGES.get(prog, prog)}"
-    for needle, hint in _HINTS:
-        if needle in stderr:
-            return hint
-    return None
-
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
@@ -148,7 +71,7 @@ def sh_runner(argv: list[str], stdin: str | None = None) -> str:
     try:
         cmd = _command(argv[0])
     except sh.CommandNotFound:
-        msg = f"{argv[0]}: command not found (install {_PACKAGES.get(argv[0], argv[0])})"
+        msg = f"{argv[0]}: command not found (install {PACKAGES.get(argv[0], argv[0])})"
         raise WgError(argv, 127, "", message=msg) from None
     try:
         proc = cmd(
@@ -192,6 +115,9 @@ class WgApi(Protocol):
     def add_address(self, iface: Interface) -> None: ...
     def remove_address(self, iface: Interface) -> None: ...
     def set_link_up(self, mtu: int | None) -> None: ...
+    def routes(self) -> list[Network]: ...
+    def add_route(self, net: Network) -> None: ...
+    def del_route(self, net: Network) -> None: ...
     def apply(self, plan: Plan) -> None: ...
     def syncconf(self, wg_conf_text: str) -> None: ...
 
@@ -284,6 +210,26 @@ class Wg:
     def remove_address(self, iface: IPv4Interface | IPv6Interface) -> None:
         """Remove an address from the interface (e.g. after moving to a new subnet)."""
         self.run(["ip", f"-{iface.version}", "addr", "del", str(iface), "dev", self.dev])
+
+    def routes(self) -> list[Network]:
+        """The routes through the interface that are not the kernel's own (IPv4 and IPv6)."""
+        out: list[Network] = []
+        for version in (4, 6):
+            text = self.run(["ip", "-j", f"-{version}", "route", "show", "dev", self.dev])
+            out += parse_routes(text, version)
+        return out
+
+    def add_route(self, net: Network) -> None:
+        """Route a network through the interface (replacing any route to it)."""
+        self.run(["ip", f"-{net.version}", "route", "replace", str(net), "dev", self.dev])
+
+    def del_route(self, net: Network) -> None:
+        """Stop routing a network through the interface; no error if it is not routed."""
+        try:
+            self.run(["ip", f"-{net.version}", "route", "del", str(net), "dev", self.dev])
+        except WgError as e:
+            if "No such process" not in e.stderr:
+                raise
 
     def apply(self, plan: Plan) -> None:
         """Apply a plan with one `wg set` (removes first); nothing runs for an empty plan."""

@@ -6,7 +6,14 @@ Pure: no command runs here (wg.py runs them). Tested from captured output.
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Interface, IPv6Interface, ip_interface
+from ipaddress import (
+    IPv4Interface,
+    IPv4Network,
+    IPv6Interface,
+    IPv6Network,
+    ip_interface,
+    ip_network,
+)
 
 from ikto.models import Link, WgDevice, WgPeer
 
@@ -76,4 +83,21 @@ def parse_host_addresses(json_text: str, skip: tuple[str, ...] = ()) -> list[IPv
         for a in link.get("addr_info", []):
             if a.get("family") in ("inet", "inet6") and "local" in a and a.get("scope", "global") == "global":
                 out.append(ip_interface(f"{a['local']}/{a['prefixlen']}"))
+    return out
+
+
+def parse_routes(json_text: str, version: int) -> list[IPv4Network | IPv6Network]:
+    """Parse `ip -j -<version> route show dev DEV`: the routes we added, not the kernel's own
+    (the mesh's connected route, fe80::/64); `default` is 0.0.0.0/0 or ::/0."""
+    out: list[IPv4Network | IPv6Network] = []
+    for r in json.loads(json_text) if json_text.strip() else []:
+        if r.get("protocol") == "kernel" or r.get("type", "unicast") != "unicast":
+            continue
+        dst = r.get("dst", "")
+        if dst == "default":
+            dst = "0.0.0.0/0" if version == 4 else "::/0"
+        try:
+            out.append(ip_network(dst, strict=False))
+        except ValueError:
+            continue
     return out

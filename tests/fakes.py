@@ -12,7 +12,7 @@ from typing import Any
 
 from ikto import keys
 from ikto.clock import Clock
-from ikto.ipam import Interface
+from ikto.ipam import Interface, Network
 from ikto.models import Link, Plan, WgDevice, WgPeer
 from ikto.reconcile import applied
 from ikto.wg import WgApi
@@ -30,6 +30,7 @@ class FakeWg:
         self.peers: dict[str, WgPeer] = {}
         self.addrs: list[Interface] = []
         self.host_addrs: list[Interface] = []
+        self.routed: list[Network] = []
 
     def public_key(self, private_b64: str) -> str:
         return keys.public_key(private_b64)  # like `wg pubkey`: the device is not touched
@@ -82,6 +83,19 @@ class FakeWg:
         self.link_up = True
         if mtu is not None:
             self.mtu = mtu
+
+    def routes(self) -> list[Network]:
+        return list(self.routed)
+
+    def add_route(self, net: Network) -> None:
+        self.calls.append(("add_route", net))
+        if net not in self.routed:
+            self.routed.append(net)
+
+    def del_route(self, net: Network) -> None:
+        self.calls.append(("del_route", net))
+        if net in self.routed:
+            self.routed.remove(net)
 
     def dump(self) -> WgDevice:
         return WgDevice(self.key, self.listen_port, 0, dict(self.peers))

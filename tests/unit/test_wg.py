@@ -280,7 +280,7 @@ def test_wgerror_missing_program_inside_netns():
 
 
 def test_sh_runner_missing_binary(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setitem(wg._PACKAGES, "ikto-no-such-tool", "the-package")
+    monkeypatch.setitem(wg.PACKAGES, "ikto-no-such-tool", "the-package")
     with pytest.raises(WgError) as ei:
         wg.sh_runner(["ikto-no-such-tool", "x"])
     assert str(ei.value) == "ikto-no-such-tool: command not found (install the-package)"
@@ -302,3 +302,15 @@ def test_sh_runner_drops_log_level(monkeypatch: pytest.MonkeyPatch):
     # wireguard-go's daemon would keep our pipes open with LOG_LEVEL set (see wg._env).
     monkeypatch.setenv("LOG_LEVEL", "debug")
     assert wg.sh_runner(["sh", "-c", 'echo "${LOG_LEVEL-unset} $LC_ALL"']) == "unset C\n"
+
+
+def test_parse_routes_keeps_ours_only():
+    from ikto.wgfacts import parse_routes
+
+    v4 = ('[{"dst":"default","scope":"link","flags":[]},{"dst":"10.9.0.0/16","protocol":"kernel",'
+          '"scope":"link","prefsrc":"10.9.0.1","flags":[]},{"dst":"10.50.0.0/24","scope":"link","flags":[]}]')
+    v6 = ('[{"dst":"fd10::/16","protocol":"kernel","metric":256,"flags":[]},{"dst":"fd99::/48",'
+          '"metric":1024,"flags":[]},{"dst":"fe80::/64","protocol":"kernel","flags":[]},{"dst":"default","flags":[]}]')
+    assert [str(n) for n in parse_routes(v4, 4)] == ["0.0.0.0/0", "10.50.0.0/24"]
+    assert [str(n) for n in parse_routes(v6, 6)] == ["fd99::/48", "::/0"]
+    assert parse_routes("", 4) == []

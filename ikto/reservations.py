@@ -1,0 +1,149 @@
+"""Our routed networks' reservations in the bucket, and checking other nodes' (routes.py).
+
+A reservation is `routes.<base64url of the network>` → `{"holder": "peers.<id>", "name": ...}`,
+created if absent, exactly as an address is claimed: it names the holder's entry key, so a
+key rotation does not touch it. A reservation whose holder is gone (its entry deleted) or
+silent for reclaim_after (claim.holder_silence) may be taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Iterable
+from ipaddress import ip_network
+
+from ikto import liveness
+from ikto.claim import holder_silence
+from ikto.clock import Clock
+from ikto.ipam import Network
+from ikto.log import fields
+from ikto.models import Peer
+from ikto.routes import KEY_PREFIX, Announced, overlaps, route_key
+from ikto.store import Entry, KeyExistsError, RevisionMismatchError, Store, StoreError
+
+log = logging.getLogger("ikto.agent")
+
+VERIFY_EVERY = 300.0  # seconds between two checks of a peer's reservation that did not change
+
+
+def _holder(value: bytes | None) -> str | None:
+    try:
+        data = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    holder = data.get("holder") if isinstance(data, dict) else None
+    return holder if isinstance(holder, str) else None
+
+
+class Reservations:
+    """Owns what we reserved, what we were refused, and what we know of others' reservations."""
+
+    def __init__(self, name: str, clock: Clock, reclaim_after: float) -> None:
+        self._name = name
+        self._clock = clock
+        self._reclaim_after = reclaim_after
+        self._store: Store | None = None
+        self.held: dict[Network, int] = {}  # ours: network -> reservation revision
+        self.refused: dict[Network, str] = {}  # ours that we may not announce, and why
+        self._known: dict[tuple[str, Network], tuple[bool, int, float]] = {}  # (reserved, rev, read at)
+
+    def attach(self, store: Store) -> None:
+        self._store = store
+
+    async def reserve(self, routes: Iterable[Network], our_key: str) -> tuple[Network, ...]:
+        """Reserve our routed networks; the ones we may announce (refusals are logged once)."""
+        assert self._store is not None
+        wanted = list(routes)
+        if not wanted:
+            return ()
+        others = [e for e in await self._store.latest(KEY_PREFIX + "*") if _holder(e.value) != our_key]
+        for net in wanted:
+            try:
+                why = await self._reserve_one(net, our_key, others)
+            except StoreError as e:
+                why = f"could not reserve it: {e}"
+            if why is None:
+                self.refused.pop(net, None)
+            elif self.refused.get(net) != why:
+                self.refused[net] = why
+                log.error("not announcing a routed network", extra=fields(network=str(net), reason=why))
+        return tuple(n for n in wanted if n in self.held and n not in self.refused)
+
+    async def _reserve_one(self, net: Network, our_key: str, others: list[Entry]) -> str | None:
+        assert self._store is not None
+        for other in others:
+            other_net = _network_of_key(other.key)
+            if other_net is not None and other_net != net and overlaps(net, other_net):
+                return f"overlaps {other_net}, reserved by {_holder(other.value)}"
+        key = route_key(net)
+        value = json.dumps({"holder": our_key, "name": self._name}).encode()
+        for _ in range(4):
+            try:
+                self.held[net] = await self._store.create(key, value)
+                return None
+            except KeyExistsError:
+                pass
+            cur = await self._store.get(key)
+            if cur is None:
+                continue
+            holder = _holder(cur.value)
+            if holder != our_key:
+                entry = await self._store.get(holder) if holder else None
+                silent = await holder_silence(self._store, entry) if entry is not None else None
+                if entry is not None and not liveness.reclaimable(silent, self._reclaim_after):
+                    return f"reserved by {holder}"
+                log.warning("taking over a routed network from a node that is gone",
+                            extra=fields(network=str(net), holder=holder))
+            try:
+                self.held[net] = await self._store.update(key, value, cur.revision)
+                return None
+            except RevisionMismatchError:
+                continue
+        return "its reservation kept changing"
+
+    async def release(self) -> None:
+        """Give our reservations back (on leave), each only while it is still ours."""
+        assert self._store is not None
+        for net, revision in list(self.held.items()):
+            try:
+                await self._store.delete(route_key(net), revision)
+            except StoreError as e:
+                log.warning("could not release a routed network", extra=fields(network=str(net), error=e))
+            self.held.pop(net, None)
+
+    async def check(self, peers: Iterable[tuple[str, Peer]], force: bool = False) -> list[Announced]:
+        """Every network the peers announce, with whether its reservation names its announcer
+        (read from the bucket now and then, not on every look)."""
+        now = self._clock.mono()
+        out, due = [], []
+        for key, peer in peers:
+            for net in peer.routes:
+                known = self._known.get((key, net))
+                if force or known is None or now - known[2] > VERIFY_EVERY:
+                    due.append((key, net))
+        if due and self._store is not None:
+            await asyncio.gather(*(self._read(key, net, now) for key, net in due))
+        for key, peer in peers:
+            for net in peer.routes:
+                reserved, rev, _ = self._known.get((key, net), (False, 0, now))
+                out.append(Announced(net, key, peer.exit, reserved, rev))
+        return out
+
+    async def _read(self, key: str, net: Network, now: float) -> None:
+        assert self._store is not None
+        try:
+            cur = await self._store.get(route_key(net))
+        except StoreError:
+            return
+        reserved = cur is not None and _holder(cur.value) == key
+        self._known[(key, net)] = (reserved, cur.revision if cur else 0, now)
+
+
+def _network_of_key(key: str) -> Network | None:
+    try:
+        return ip_network(base64.urlsafe_b64decode(key.removeprefix(KEY_PREFIX)).decode(), strict=True)
+    except ValueError:
+        return None

@@ -1,0 +1,104 @@
+"""Routed networks: networks a node carries behind it (a site LAN, a container bridge, a pod
+range), announced in its entry and reserved in the bucket like addresses. The rules are pure.
+
+WireGuard gives an AllowedIP to whichever peer was configured last, so two nodes announcing
+one network would steal it from each other. So each network is reserved (create-if-absent on
+`routes.<base64url of the network>`, naming the holder's entry key), a peer's announced network
+is applied only while the reservation names that peer, and networks that overlap the mesh,
+another applied network, ours, or a default route (unless announced by an exit node) are
+refused and reported.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ikto.ipam import Network
+
+KEY_PREFIX = "routes."
+MAX_ROUTES = 32  # per node
+
+
+def route_key(net: Network) -> str:
+    """The bucket key reserving a network: `routes.<base64url of its CIDR text>`."""
+    return KEY_PREFIX + base64.urlsafe_b64encode(str(net).encode()).decode("ascii")
+
+
+def overlaps(a: Network, b: Network) -> bool:
+    return a.version == b.version and (a.subnet_of(b) or b.subnet_of(a))  # type: ignore[arg-type]
+
+
+def is_default(net: Network) -> bool:
+    return net.prefixlen == 0
+
+
+def own_problems(routes: Iterable[Network], mesh: Network, exit_node: bool) -> list[str]:
+    """Why our own configured routes cannot be announced (one line each; empty: fine)."""
+    out: list[str] = []
+    seen: list[Network] = []
+    for r in routes:
+        if overlaps(r, mesh):
+            out.append(f"{r} overlaps the mesh {mesh}")
+        elif is_default(r) and not exit_node:
+            out.append(f"{r} is a default route: set exit_node to announce it")
+        for s in seen:
+            if overlaps(r, s):
+                out.append(f"{r} overlaps {s}, also in routes")
+        seen.append(r)
+    if len(seen) > MAX_ROUTES:
+        out.append(f"{len(seen)} routes (at most {MAX_ROUTES})")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """A network a peer announces, and whether its reservation names that peer."""
+
+    net: Network
+    holder_key: str  # the announcing peer's entry key
+    exit: bool  # the peer says it is an exit node
+    reserved: bool  # the reservation names this peer
+    revision: int  # of the reservation (the earliest wins an overlap)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which announced networks are applied, by peer key, and which are refused and why."""
+
+    applied: Mapping[str, tuple[Network, ...]]
+    refused: Mapping[tuple[str, Network], str]
+
+
+def decide(
+    announced: Iterable[Announced], mesh: Network, ours: Iterable[Network], our_key: str
+) -> Decision:
+    """Apply every announced network that is reserved by its announcer and conflicts with
+    nothing; among overlapping ones, the earliest reservation wins."""
+    applied: dict[str, list[Network]] = {}
+    refused: dict[tuple[str, Network], str] = {}
+    taken: list[tuple[Network, str]] = []
+    own = list(ours)
+    for a in sorted(announced, key=lambda a: (not a.reserved, a.revision)):
+        why = None
+        if a.holder_key == our_key:
+            continue
+        if not a.reserved:
+            why = "not reserved by this node (another node holds it, or its reservation is missing)"
+        elif overlaps(a.net, mesh):
+            why = f"overlaps the mesh {mesh}"
+        elif is_default(a.net) and not a.exit:
+            why = "a default route from a node that is not an exit node"
+        elif any(overlaps(a.net, o) for o in own):
+            why = "overlaps a network this node routes"
+        else:
+            clash = next((holder for net, holder in taken if overlaps(a.net, net)), None)
+            if clash is not None:
+                why = f"overlaps a network {clash} announced first"
+        if why is not None:
+            refused[(a.holder_key, a.net)] = why
+            continue
+        taken.append((a.net, a.holder_key))
+        applied.setdefault(a.holder_key, []).append(a.net)
+    return Decision({k: tuple(v) for k, v in applied.items()}, refused)
