@@ -50,6 +50,7 @@ from ikto.paths import Paths
 from ikto.presence import Presence
 from ikto.prober import Prober
 from ikto.records import Report
+from ikto.reservations import Reservations
 from ikto.retry import retrying
 from ikto.store import PermissionDeniedError, Store
 from ikto.vitals import Review, Vitals
@@ -91,11 +92,15 @@ class Agent:
         self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb / 2, rarely)
         self.prober = Prober(config.name, self.public_key, self.clock, self.vitals, policy)
         self.iface = Interface(config, private_key, self.public_key, self.wg)
-        desired = Desired(lambda: self.mesh, lambda: self.config, self.paths, self.public_key, private_key)
+        self.reservations = Reservations(config.name, self.clock, config.reclaim_after)
+        desired = Desired(
+            lambda: self.mesh, lambda: self.config, self.paths, self.reservations.routed_by, self.public_key,
+            private_key,
+        )
         self.writer = FileWriter(lambda: self.config.wg_config_path, desired.prepare_file)
         self.applier = Applier(
             self.wg, desired.wanted, desired.syncconf_text, self.iface.ensure, self._observed,
-            self.writer.changed, self._look,
+            self.writer.changed, self._look, self.reservations.kernel_routes,
         )
         self.metrics = Metrics(per_peer=config.metrics_per_peer)
         self.store: Store | None = None
@@ -146,7 +151,7 @@ class Agent:
             self.store = await retrying("NATS not ready; the mesh stays as it is", self._connect, self._stop)
             if self.store is None:
                 return 0
-            for part in (self.membership, self.follower, self.presence, self.prober):
+            for part in (self.membership, self.follower, self.presence, self.prober, self.reservations):
                 part.attach(self.store)
             if await self._recover_rotation():
                 return 0
@@ -218,6 +223,7 @@ class Agent:
     async def leave(self, down: bool) -> None:
         """Remove our entry from the bucket (with its revision), optionally the interface, then stop."""
         await self.membership.leave()
+        await self.reservations.release()
         if down:
             await asyncio.to_thread(self.wg.down, self.config.wg_config_path)
             log.info("interface removed", extra=fields(dev=self.config.wg_dev_name))
@@ -253,7 +259,20 @@ class Agent:
     async def _claim(self) -> bool:
         await self.membership.refresh_endpoints(None)
         await self.membership.claim()
+        c = self.config
+        routes = await self.reservations.reserve(c.routes, self.membership.key)
+        await self.membership.announce(routes, c.exit_node and any(r.prefixlen == 0 for r in routes))
         return True
+
+    async def _routes(self, *, force: bool = False) -> None:
+        """Decide again which networks peers route for us; apply what changed."""
+        mesh, c = self.mesh, self.config
+        changed = await self.reservations.refresh(
+            mesh.others(), c.mesh_cidr, c.routes, self.membership.key, force=force
+        )
+        if changed:
+            self.applier.mark(changed)
+            await self.applier.sync_routes()
 
     async def _on_disconnect(self) -> None:
         log.warning("disconnected from NATS; WireGuard is left as it is")
@@ -276,11 +295,14 @@ class Agent:
                     # Nodes put a lost entry back within one self-check: give them three.
                     hold = 3 * selfcheck_interval(self.config.heartbeat_interval, len(self.mesh))
                     self.applier.hold_removals(hold)
+                    await self._routes(force=True)
                     await self.applier.full_reconcile()
                     self.writer.changed()  # the file may hold an older key or mesh
                     self._applied_snapshot.set()
                 case PeersChanged(public_keys=touched):
                     self.applier.mark(touched)
+                    if any(p.routes for _, p in self.mesh.others()) or self.reservations.decision.applied:
+                        await self._routes(force=True)
                 case OwnEntrySeen(value=value, revision=revision):
                     self.membership.seen(value, revision)
                 case EntryChecked(revision=revision, anomaly=anomaly):
@@ -322,6 +344,7 @@ class Agent:
             self.applier.mark(self.vitals.expire())
         if (dev := self.applier.device) is not None:
             await self.prober.witness(dev, self.mesh.others(), len(self.mesh))
+        await self._routes()
         if review.presence_needed:  # somebody cannot reach us: where do others see us?
             await self.membership.refresh_endpoints(await self.prober.sighting_of_us(self.membership.key))
 

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from ikto.ipam import Network
 from ikto.log import fields
 from ikto.metrics import Latency
 from ikto.models import PeerWant, Plan, WgDevice, WgPeer
@@ -49,6 +50,7 @@ class Applier:
         on_observed: Callable[[WgDevice], None],
         on_applied: Callable[[], None],
         interval: Callable[[], float],
+        routes: Callable[[], set[Network]] = set,
     ) -> None:
         self._wg = wg
         self._wanted = wanted
@@ -57,6 +59,7 @@ class Applier:
         self._on_observed = on_observed
         self._on_applied = on_applied
         self._interval = interval
+        self._routes = routes
         self.device: WgDevice | None = None  # the last look at WireGuard
         self.observed: dict[str, WgPeer] = {}
         self.wg_calls = 0
@@ -132,7 +135,22 @@ class Applier:
             self._on_observed(dev)
         self._dirty.clear()
         await self._apply(None)
+        await self.sync_routes()
         self.last_full_reconcile = time.time()
+
+    async def sync_routes(self) -> None:
+        """Route the networks peers carry for us through the interface, and no others."""
+        wanted = self._routes()
+        try:
+            have = set(await asyncio.to_thread(self._wg.routes))
+            for net in sorted(wanted - have, key=str):
+                await asyncio.to_thread(self._wg.add_route, net)
+                log.info("routing a network through the mesh", extra=fields(network=str(net)))
+            for net in sorted(have - wanted, key=str):
+                await asyncio.to_thread(self._wg.del_route, net)
+                log.info("no longer routing a network through the mesh", extra=fields(network=str(net)))
+        except WgError as e:
+            log.error("changing routes failed", extra=fields(error=e))
 
     async def _apply(self, public_keys: set[str] | None) -> None:
         """Apply the difference for these peers (or all) in one `wg` call."""

@@ -120,10 +120,17 @@ def pubkey() -> None:
 def check(
     config: Annotated[Path, typer.Option("--config", "-c", help="Config file to validate.")] = DEFAULT_CONFIG,
 ) -> None:
-    """Validate a config file (and the key it names) without starting anything."""
+    """Validate a config file (and the key it names) without starting anything.
+
+    With routed networks (routes), it also checks that this host forwards packets.
+    """
+    from ikto.routes import forwarding_problems
+
     cfg = load_config(config)
     cfg.require_agent_fields()
     print(f"ok: {config}: {cfg.name} {cfg.subnet} on {cfg.wg_dev_name}, mesh {cfg.mesh_cidr}")
+    for problem in forwarding_problems(cfg.routes, Path("/proc/sys/net")):
+        print(f"ikto: warning: {problem}", file=sys.stderr)
 
 
 @app.command()

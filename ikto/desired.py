@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from ikto import ipam
 from ikto.config import Config
+from ikto.ipam import Network
 from ikto.mesh import Mesh
 from ikto.models import PeerWant
 from ikto.paths import Paths
@@ -21,11 +23,13 @@ class Desired:
         mesh: Callable[[], Mesh],
         config: Callable[[], Config],
         paths: Paths,
+        routed_by: Callable[[str], tuple[Network, ...]],
         public_key: str,
         private_key: str,
     ) -> None:
         self._mesh = mesh
         self._paths = paths
+        self._routed_by = routed_by
         self._config = config
         self._public_key = public_key
         self._private_key = private_key
@@ -44,7 +48,8 @@ class Desired:
                 continue
             if (p := mesh.winner(pk)) is not None:
                 endpoint, keep, readd = self._paths.want(p)
-                out[pk] = want(p, ka, endpoint, keep_endpoint=keep, readd=readd)
+                routed = self._routed_by(ipam.peer_key(p.allowed_ip)) if p.routes else ()
+                out[pk] = want(p, ka, endpoint, keep_endpoint=keep, readd=readd, routed=routed)
             elif (held := mesh.holder(pk)) is not None:
                 key, peer = held
                 why = "silent too long (entry kept)" if key in mesh.expired else "lost a public-key conflict"

@@ -21,7 +21,7 @@ from ikto.config import Config
 from ikto.errors import IktoError
 from ikto.events import EntryChecked, Event, Moved, RebuildWatch
 from ikto.files import write_atomic
-from ikto.ipam import Address, Interface
+from ikto.ipam import Address, Interface, Network
 from ikto.log import fields
 from ikto.models import Peer
 from ikto.paths import our_candidates
@@ -236,6 +236,13 @@ class Membership:
             peer = replace(self.peer, public_key=public_key)
             self.revision = await self._store.update(self.key, entry.encode(peer), cur.revision)
             self.peer, self.public_key = peer, public_key
+
+    async def announce(self, routes: tuple[Network, ...], exit_node: bool) -> None:
+        """Announce the routed networks we reserved (rewrites our entry if they changed)."""
+        if routes == self.peer.routes and exit_node == self.peer.exit:
+            return
+        self.peer = replace(self.peer, routes=routes, exit=exit_node)
+        await self.check()
 
     async def publish(self, endpoints: tuple[str, ...]) -> None:
         """Our candidate endpoints changed: rewrite our entry with them (at most every

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
+from ikto.ipam import Network
 from ikto.models import Peer, PeerChange, PeerConfig, PeerWant, Plan, WgPeer
 
 
-def peer_config(peer: Peer, keepalive: int, endpoint: str | None = None) -> PeerConfig:
-    """What WireGuard should hold for one mesh peer (at `endpoint`, else the advertised one)."""
-    return PeerConfig(peer.public_key, (str(peer.allowed_ip),), endpoint or peer.endpoint, keepalive)
+def peer_config(
+    peer: Peer, keepalive: int, endpoint: str | None = None, routed: tuple[Network, ...] = ()
+) -> PeerConfig:
+    """What WireGuard should hold for one mesh peer (at `endpoint`, else the advertised one),
+    with the networks it routes for us (`routed`, applied only while reserved: routes.py)."""
+    ips = (str(peer.allowed_ip), *(str(n) for n in routed))
+    return PeerConfig(peer.public_key, ips, endpoint or peer.endpoint, keepalive)
 
 
 def want(
@@ -20,10 +25,11 @@ def want(
     *,
     keep_endpoint: bool = False,
     readd: bool = False,
+    routed: tuple[Network, ...] = (),
 ) -> PeerWant:
     """A peer we want in WireGuard; `keep_endpoint`: its session works, keep what WireGuard
     learned; `readd`: it has none, re-add it when its endpoint changes (an immediate handshake)."""
-    config = peer_config(peer, keepalive, endpoint)
+    config = peer_config(peer, keepalive, endpoint, routed)
     return PeerWant(peer.name, config, keep_endpoint=keep_endpoint, readd=readd)
 
 

@@ -21,7 +21,7 @@ from ikto.clock import Clock
 from ikto.ipam import Network
 from ikto.log import fields
 from ikto.models import Peer
-from ikto.routes import KEY_PREFIX, Announced, overlaps, route_key
+from ikto.routes import KEY_PREFIX, Announced, Decision, decide, overlaps, route_key
 from ikto.store import Entry, KeyExistsError, RevisionMismatchError, Store, StoreError
 
 log = logging.getLogger("ikto.agent")
@@ -49,6 +49,7 @@ class Reservations:
         self.held: dict[Network, int] = {}  # ours: network -> reservation revision
         self.refused: dict[Network, str] = {}  # ours that we may not announce, and why
         self._known: dict[tuple[str, Network], tuple[bool, int, float]] = {}  # (reserved, rev, read at)
+        self.decision = Decision({}, {})
 
     def attach(self, store: Store) -> None:
         self._store = store
@@ -113,6 +114,30 @@ class Reservations:
             except StoreError as e:
                 log.warning("could not release a routed network", extra=fields(network=str(net), error=e))
             self.held.pop(net, None)
+
+    async def refresh(
+        self, peers: list[tuple[str, Peer]], mesh: Network, ours: Iterable[Network], our_key: str,
+        *, force: bool = False,
+    ) -> set[str]:
+        """Check the peers' reservations and decide again; the public keys whose networks changed."""
+        before = self.decision
+        self.decision = decide(await self.check(peers, force), mesh, ours, our_key)
+        for (key, net), why in self.decision.refused.items():
+            if before.refused.get((key, net)) != why:
+                log.warning("refusing a routed network", extra=fields(key=key, network=str(net), reason=why))
+        by_key = {k: p.public_key for k, p in peers}
+        changed = {k for k in set(before.applied) | set(self.decision.applied)
+                   if before.applied.get(k) != self.decision.applied.get(k)}
+        return {by_key[k] for k in changed if k in by_key}
+
+    def routed_by(self, key: str) -> tuple[Network, ...]:
+        """The networks applied for the peer at `key`."""
+        return self.decision.applied.get(key, ())
+
+    def kernel_routes(self) -> set[Network]:
+        """Every applied network but default routes (an exit node's: we never route our own
+        traffic through a peer unless told to; docs/routes.md)."""
+        return {n for nets in self.decision.applied.values() for n in nets if n.prefixlen > 0}
 
     async def check(self, peers: Iterable[tuple[str, Peer]], force: bool = False) -> list[Announced]:
         """Every network the peers announce, with whether its reservation names its announcer

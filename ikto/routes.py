@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from ikto.ipam import Network
 
@@ -102,3 +103,20 @@ def decide(
         taken.append((a.net, a.holder_key))
         applied.setdefault(a.holder_key, []).append(a.net)
     return Decision({k: tuple(v) for k, v in applied.items()}, refused)
+
+
+def forwarding_problems(routes: Iterable[Network], proc_net: Path) -> list[str]:
+    """Why this host would not route for the mesh: forwarding off for a family we route."""
+    out = []
+    families = {r.version for r in routes}
+    knobs = {4: proc_net / "ipv4" / "ip_forward", 6: proc_net / "ipv6" / "conf" / "all" / "forwarding"}
+    for version in sorted(families):
+        try:
+            on = knobs[version].read_text().strip() == "1"
+        except OSError:
+            continue
+        if not on:
+            key = "net.ipv4.ip_forward" if version == 4 else "net.ipv6.conf.all.forwarding"
+            out.append(f"IPv{version} forwarding is off, so this node cannot route its networks for the mesh: "
+                       f"sysctl -w {key}=1 (and set it in /etc/sysctl.d/)")
+    return out

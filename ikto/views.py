@@ -20,6 +20,7 @@ def node(agent: Agent) -> dict[str, Any]:
     m = agent.membership
     return {
         **m.peer.to_entry(),
+        "routes_refused": {str(n): why for n, why in agent.reservations.refused.items()},
         "address": str(agent.config.interface_address),
         "dev": agent.config.wg_dev_name,
         "key": m.key,
@@ -92,6 +93,10 @@ def rejected(agent: Agent) -> list[dict[str, Any]]:
         {"key": r.key, "revision": r.revision, "reason": r.reason}
         for r in sorted(mesh.rejected.values(), key=lambda r: r.key)
     ]
+    for (key, net), why in sorted(agent.reservations.decision.refused.items(), key=lambda kv: str(kv[0])):
+        out.append({"key": key, "revision": mesh.revision_of(key), "reason": f"routed network {net}: {why}"})
+    for net, why in sorted(agent.reservations.refused.items(), key=lambda kv: str(kv[0])):
+        out.append({"key": "ours", "revision": None, "reason": f"our routed network {net}: {why}"})
     for key, winner in sorted(mesh.losers().items()):
         reason = f"public key already used by {winner}"
         out.append({"key": key, "revision": mesh.revision_of(key), "reason": reason})
