@@ -117,6 +117,8 @@ def forwarding_problems(routes: Iterable[Network], proc_net: Path) -> list[str]:
             continue
         if not on:
             key = "net.ipv4.ip_forward" if version == 4 else "net.ipv6.conf.all.forwarding"
-            out.append(f"IPv{version} forwarding is off, so this node cannot route its networks for the mesh: "
-                       f"sysctl -w {key}=1 (and set it in /etc/sysctl.d/)")
+            out.append(
+                f"IPv{version} forwarding is off, so this node cannot route its networks for the "
+                f"mesh: sysctl -w {key}=1 (and set it in /etc/sysctl.d/)"
+            )
     return out
