@@ -28,14 +28,14 @@ venv: $(VENV)/.installed
 
 # The whole suite: unit, integration (real nats-server 2.15 and Debian's 2.9) and e2e
 # (real agents in network namespaces over wireguard-go). Needs root.
-test: deps venv
+test: deps venv lint
 	$(PY) -m pytest -q
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check ikto lab tests
+	$(VENV)/bin/ruff check ikto lab tests bench
 	$(VENV)/bin/mypy
 
 # A 3-node mesh in network namespaces on this host, left up to explore (needs root).
