@@ -153,7 +153,8 @@ class Agent:
                 return 0
             for part in (self.membership, self.follower, self.presence, self.prober, self.reservations):
                 part.attach(self.store)
-            if await self._recover_rotation():
+            if await self.rotator.recover_at_start(self._read_entry, self.public_key):
+                self.restart = True
                 return 0
             tasks = [self._task("watch", self.follower.run()), self._task("apply", self.applier.run()),
                      self._task("route", self._route())]
@@ -229,19 +230,10 @@ class Agent:
             log.info("interface removed", extra=fields(dev=self.config.wg_dev_name))
         self._stop.set()
 
-    async def _recover_rotation(self) -> bool:
-        """Finish or abandon a key rotation a crash interrupted; True: restart with the new key."""
-        c = self.config
-        assert c.private_key_path is not None and self.store is not None
-        if not rotation.pending(c.private_key_path).exists():
-            return False
+    async def _read_entry(self) -> bytes | None:
+        assert self.store is not None
         held = await self.store.get(self.membership.key)
-        action = await asyncio.to_thread(
-            rotation.recover, c.private_key_path, held.value if held else None, self.public_key,
-            self.wg.public_key,
-        )
-        self.restart = action is rotation.Recovery.COMMIT
-        return self.restart
+        return held.value if held else None
 
     async def _connect(self) -> Store:
         c = self.config

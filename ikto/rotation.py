@@ -167,3 +167,14 @@ class Rotator:
                 except IktoError as e:
                     log.warning("rotating the key failed; trying again later", extra={"error": str(e)})
             await asyncio.sleep(KEY_AGE_CHECK)
+
+    async def recover_at_start(
+        self, read_entry: Callable[[], Awaitable[bytes | None]], old_public: str
+    ) -> bool:
+        """At startup, before joining: finish or abandon a rotation a crash interrupted (from
+        our entry, read with `read_entry`). True: the new key is ours, restart with it."""
+        if not pending(self._key).exists():
+            return False
+        held = await read_entry()
+        action = await asyncio.to_thread(recover, self._key, held, old_public, self._wg.public_key)
+        return action is Recovery.COMMIT
