@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from ikto import __version__, cli_admin, keys, show
 from ikto.cli_opts import DEFAULT_CONFIG, JsonOpt, MeshOpt, SocketOpt, socket_of
 from ikto.config import DEFAULT_MESH, DEFAULT_PREFIX, ConfigError, load_config, write_config
 from ikto.errors import IktoError, UsageError
+
+PROC_NET = Path("/proc/sys/net")  # forwarding knobs (ikto check, routed networks)
 
 app = typer.Typer(
     name="ikto",
@@ -124,12 +127,12 @@ def check(
 
     With routed networks (routes), it also checks that this host forwards packets.
     """
-    from ikto.routes import forwarding_problems
+    from ikto.routes import host_warnings
 
     cfg = load_config(config)
     cfg.require_agent_fields()
     print(f"ok: {config}: {cfg.name} {cfg.subnet} on {cfg.wg_dev_name}, mesh {cfg.mesh_cidr}")
-    for problem in forwarding_problems(cfg.routes, Path("/proc/sys/net")):
+    for problem in host_warnings(cfg.routes, cfg.mesh_cidr, PROC_NET):
         print(f"ikto: warning: {problem}", file=sys.stderr)
 
 
@@ -152,9 +155,12 @@ def agent(
     from ikto import log
     from ikto.agent import Agent
     from ikto.api import serve
+    from ikto.routes import host_warnings
 
     cfg = load_config(config, admin_socket=socket, log_level=log_level)
     log.setup(cfg.log_level)
+    for problem in host_warnings(cfg.routes, cfg.mesh_cidr, PROC_NET):
+        logging.getLogger("ikto.agent").warning(problem)
     a = Agent(cfg, config)
 
     async def _serve(agent: Agent) -> Any:

@@ -40,10 +40,11 @@ def own_problems(routes: Iterable[Network], mesh: Network, exit_node: bool) -> l
     out: list[str] = []
     seen: list[Network] = []
     for r in routes:
-        if overlaps(r, mesh):
+        if is_default(r):  # holds the mesh, but the mesh's longer prefixes still win
+            if not exit_node:
+                out.append(f"{r} is a default route: set exit_node to announce it")
+        elif overlaps(r, mesh):
             out.append(f"{r} overlaps the mesh {mesh}")
-        elif is_default(r) and not exit_node:
-            out.append(f"{r} is a default route: set exit_node to announce it")
         for s in seen:
             if overlaps(r, s):
                 out.append(f"{r} overlaps {s}, also in routes")
@@ -87,10 +88,10 @@ def decide(
             continue
         if not a.reserved:
             why = "not reserved by this node (another node holds it, or its reservation is missing)"
-        elif overlaps(a.net, mesh):
-            why = f"overlaps the mesh {mesh}"
         elif is_default(a.net) and not a.exit:
             why = "a default route from a node that is not an exit node"
+        elif overlaps(a.net, mesh) and not is_default(a.net):
+            why = f"overlaps the mesh {mesh}"
         elif any(overlaps(a.net, o) for o in own):
             why = "overlaps a network this node routes"
         else:
@@ -103,6 +104,26 @@ def decide(
         taken.append((a.net, a.holder_key))
         applied.setdefault(a.holder_key, []).append(a.net)
     return Decision({k: tuple(v) for k, v in applied.items()}, refused)
+
+
+def host_warnings(routes: Iterable[Network], mesh: Network, proc_net: Path) -> list[str]:
+    """What would keep our routed networks from working, though the config is valid: a network
+    of the other family than the mesh, forwarding off (one line each; empty: fine)."""
+    routes = list(routes)
+    return family_problems(routes, mesh) + forwarding_problems(routes, proc_net)
+
+
+def family_problems(routes: Iterable[Network], mesh: Network) -> list[str]:
+    """Networks of the other family than the mesh: peers send to them from their own
+    addresses of that family, not mesh addresses, so the answers do not come back through
+    the mesh (the hosts there route them the usual way, if at all)."""
+    other = {r for r in routes if r.version != mesh.version}
+    return [
+        f"{r} is IPv{r.version} but the mesh {mesh} is IPv{mesh.version}: other nodes send to it "
+        f"from addresses outside the mesh and the answers do not come back through it; route "
+        f"networks of the mesh's family (or use an IPv{r.version} mesh)"
+        for r in sorted(other, key=str)
+    ]
 
 
 def forwarding_problems(routes: Iterable[Network], proc_net: Path) -> list[str]:

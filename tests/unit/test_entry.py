@@ -50,18 +50,3 @@ def test_what_a_restart_does_with_an_unfinished_rotation(new, owner, want):
     from ikto.rotation import decide
 
     assert decide(new, owner, "OLD") == want
-
-
-def test_forwarding_off_is_reported_for_the_families_we_route(tmp_path):
-    from ipaddress import ip_network as net
-
-    from ikto.routes import forwarding_problems
-
-    (tmp_path / "ipv4").mkdir()
-    (tmp_path / "ipv6" / "conf" / "all").mkdir(parents=True)
-    (tmp_path / "ipv4" / "ip_forward").write_text("0\n")
-    (tmp_path / "ipv6" / "conf" / "all" / "forwarding").write_text("1\n")
-    assert forwarding_problems([], tmp_path) == []
-    assert forwarding_problems([net("fd99::/48")], tmp_path) == []
-    got = forwarding_problems([net("10.1.0.0/24")], tmp_path)
-    assert len(got) == 1 and "sysctl -w net.ipv4.ip_forward=1" in got[0]
