@@ -27,6 +27,9 @@ DEV = "wg-ikto"
 CONFIG_PATH = "/etc/ikto/ikto.json"
 KEY_PATH = "/etc/ikto/private.key"
 _SEP = "@@ikto-lab@@"
+LAN_NETNS = "ikto-lan"  # add_lan's host, a network namespace inside the node
+LAN_LINK = "ikto-lan0"  # the node's side of the LAN
+REMOVE_LAN = f"ip netns del {LAN_NETNS} 2>/dev/null; ip link del {LAN_LINK} 2>/dev/null; true"
 # One exec per node per look: the device, its addresses and the node's config.
 _OBSERVE = (
     f"wg show {DEV} dump; echo {_SEP}; ip -j addr show dev {DEV} 2>/dev/null; "
@@ -218,6 +221,51 @@ class LabDriver(ABC):
         deadline = time.monotonic() + timeout
         while True:
             if self.ping_once(src, addr):
+                return True
+            if time.monotonic() > deadline:
+                return False
+
+    def agent_status(self, node: str) -> dict[str, Any]:
+        """`ikto status --json` on node: its health, peers with their liveness, rejected entries."""
+        cp = self.exec(node, ["ikto", "status", "--json"], check=True, timeout=20)
+        data: dict[str, Any] = json.loads(cp.stdout)
+        return data
+
+    # A LAN behind a node (routed networks). Built with exec alone, so every lab has it.
+
+    def add_lan(self, node: str, network: str) -> str:
+        """Put a LAN behind node: one host, in a network namespace of its own inside the node,
+        on `network` (its first address is the node's, the second the host's), whose default
+        route is the node. The host's address. The node forwards only once told to (sysctl)."""
+        net = ip_network(network)
+        gw, host = net[1], net[2]
+        nodad = " nodad" if net.version == 6 else ""
+        script = "\n".join(
+            [
+                "set -e",
+                f"ip netns add {LAN_NETNS}",
+                f"ip link add {LAN_LINK} type veth peer name eth0 netns {LAN_NETNS}",
+                f"ip addr add {gw}/{net.prefixlen} dev {LAN_LINK}{nodad}",
+                f"ip link set {LAN_LINK} up",
+                f"ip -n {LAN_NETNS} link set lo up",
+                f"ip -n {LAN_NETNS} addr add {host}/{net.prefixlen} dev eth0{nodad}",
+                f"ip -n {LAN_NETNS} link set eth0 up",
+                f"ip -n {LAN_NETNS} -{net.version} route add default via {gw}",
+            ]
+        )
+        self.exec(node, ["sh", "-c", script], check=True)
+        return str(host)
+
+    def remove_lan(self, node: str) -> None:
+        """Remove the LAN add_lan put behind node (idempotent)."""
+        self.exec(node, ["sh", "-c", REMOVE_LAN])
+
+    def reach(self, src: str, address: str, timeout: float = 10.0) -> bool:
+        """Ping any address from src until it answers or timeout passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cp = self.exec(src, ["ping", "-n", "-q", "-c", "1", "-W", "1", address])
+            if cp.returncode == 0:
                 return True
             if time.monotonic() > deadline:
                 return False

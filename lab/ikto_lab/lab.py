@@ -600,8 +600,3 @@ class NamespaceLab(LabDriver):
             raise LabError(f"the agent on {node} still runs after {timeout:g} s")
         return None
 
-    def agent_status(self, node: str) -> dict[str, Any]:
-        """`ikto status --json` on node: its health, peers with their liveness, rejected entries."""
-        cp = self.exec(node, [ikto_binary(), "status", "--json"], check=True, timeout=20)
-        data: dict[str, Any] = json.loads(cp.stdout)
-        return data

@@ -7,6 +7,7 @@ parse() is pure: the loss, and the longest run of unanswered pings (an outage).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import signal
@@ -32,6 +33,7 @@ class PingResult:
     lost: int
     longest_outage_s: float  # the longest run of consecutive lost pings, in seconds
     outages: tuple[tuple[float, float], ...]  # (seconds after the first ping, length in seconds)
+    longest_gap_s: float = 0.0  # the longest time between two consecutive replies (-D stamps)
 
     @property
     def loss_pct(self) -> float:
@@ -51,10 +53,12 @@ class PingResult:
 def parse(output: str, interval: float) -> PingResult:
     """Read `ping -D -i <interval>` output: replies by sequence number, and the summary."""
     answered: set[int] = set()
+    stamps: list[float] = []
     transmitted: int | None = None
     for ln in output.splitlines():
         if m := _REPLY.match(ln):
             answered.add(int(m.group(2)))
+            stamps.append(float(m.group(1)))
         elif m := _SUMMARY.match(ln):
             transmitted = int(m.group(1))
     if transmitted is None:
@@ -72,7 +76,8 @@ def parse(output: str, interval: float) -> PingResult:
             outages.append(((run_start - 1) * interval, (prev - run_start + 1) * interval))
         run_start = prev = s
     longest = max((length for _, length in outages), default=0.0)
-    return PingResult(interval, last, len(lost), round(longest, 3), tuple(outages))
+    gap = max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+    return PingResult(interval, last, len(lost), round(longest, 3), tuple(outages), round(gap, 3))
 
 
 class Pinger:

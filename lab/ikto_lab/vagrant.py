@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ikto.files import write_atomic
-from ikto_lab.driver import CONFIG_PATH, DEV, KEY_PATH, LabDriver
+from ikto_lab.driver import CONFIG_PATH, DEV, KEY_PATH, REMOVE_LAN, LabDriver
 from ikto_lab.shell import CommandError, LabError, LabUsageError, run
 
 UNIT = "ikto-agent.service"
@@ -300,7 +300,7 @@ class VagrantLab(LabDriver):
         script = (
             f"systemctl stop {UNIT} 2>/dev/null; systemctl reset-failed {UNIT} 2>/dev/null; "
             # Deleting the link also ends wireguard-go, which KillMode=process leaves running.
-            f"ip link del dev {DEV} 2>/dev/null; "
+            f"ip link del dev {DEV} 2>/dev/null; {REMOVE_LAN}; "
             f"rm -rf /etc/ikto /etc/wireguard/{DEV}.conf /run/wireguard/{DEV}.sock; true"
         )
         self._parallel(lambda n: self._sh(n, script), self.inventory.machines)

@@ -34,3 +34,10 @@ def test_duplicates_and_a_missing_summary() -> None:
     r = parse(text, 0.2)
     assert (r.counted, r.lost) == (0, 0)  # three answered, all within the last second
     assert parse("", 0.2).loss_pct == 100.0
+
+
+def test_the_longest_gap_between_two_replies() -> None:
+    reply = "[{:.6f}] 64 bytes from fd10::1: icmp_seq={} ttl=64 time=0.2 ms"
+    stamps = [100.00, 100.01, 100.02, 100.35, 100.36]
+    text = "\n".join(reply.format(t, i + 1) for i, t in enumerate(stamps))
+    assert parse(text, 0.01).longest_gap_s == 0.33
