@@ -244,7 +244,7 @@ class NamespaceLab(LabDriver):
 
     def endpoint_ok(self, node: str, endpoint: str | None, view: NodeView) -> bool:
         # A NATed node is reached wherever its router maps it (a port of the router's WAN
-        # address), or on its LAN address by a node behind the same router.
+        # address); its advertised LAN address is what peers hold until they learn that.
         r = self.router(node)
         if r is None:
             return super().endpoint_ok(node, endpoint, view)
