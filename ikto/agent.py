@@ -92,7 +92,7 @@ class Agent:
         self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb / 2, rarely)
         self.prober = Prober(config.name, self.public_key, self.clock, self.vitals, policy)
         self.iface = Interface(config, private_key, self.public_key, self.wg)
-        self.reservations = Reservations(config.name, self.clock, config.reclaim_after)
+        self.reservations = Reservations(config.name, config.reclaim_after)
         desired = Desired(
             lambda: self.mesh, lambda: self.config, self.paths, self.reservations.routed_by, self.public_key,
             private_key,
@@ -256,12 +256,13 @@ class Agent:
         await self.membership.announce(routes, c.exit_node and any(r.prefixlen == 0 for r in routes))
         return True
 
-    async def _routes(self, *, force: bool = False) -> None:
-        """Decide again which networks peers route for us; apply what changed."""
+    async def _routes(self, touched: frozenset[str] | None = frozenset()) -> None:
+        """Decide again which networks peers route for us (touched: the public keys whose
+        entries changed; None: all); apply what changed."""
         mesh, c = self.mesh, self.config
-        changed = await self.reservations.refresh(
-            mesh.others(), c.mesh_cidr, c.routes, self.membership.key, force=force
-        )
+        others = mesh.others()
+        keys = None if touched is None else {k for k, p in others if p.public_key in touched}
+        changed = await self.reservations.refresh(others, c.mesh_cidr, c.routes, self.membership.key, keys)
         if changed:
             self.applier.mark(changed)
             await self.applier.sync_routes()
@@ -287,14 +288,14 @@ class Agent:
                     # Nodes put a lost entry back within one self-check: give them three.
                     hold = 3 * selfcheck_interval(self.config.heartbeat_interval, len(self.mesh))
                     self.applier.hold_removals(hold)
-                    await self._routes(force=True)
+                    await self._routes(None)
                     await self.applier.full_reconcile()
                     self.writer.changed()  # the file may hold an older key or mesh
                     self._applied_snapshot.set()
                 case PeersChanged(public_keys=touched):
                     self.applier.mark(touched)
                     if any(p.routes for _, p in self.mesh.others()) or self.reservations.decision.applied:
-                        await self._routes(force=True)
+                        await self._routes(touched)
                 case OwnEntrySeen(value=value, revision=revision):
                     self.membership.seen(value, revision)
                 case EntryChecked(revision=revision, anomaly=anomaly):

@@ -17,7 +17,6 @@ from ipaddress import ip_network
 
 from ikto import liveness
 from ikto.claim import holder_silence
-from ikto.clock import Clock
 from ikto.ipam import Network
 from ikto.log import fields
 from ikto.models import Peer
@@ -25,8 +24,6 @@ from ikto.routes import KEY_PREFIX, Announced, Decision, decide, overlaps, route
 from ikto.store import Entry, KeyExistsError, RevisionMismatchError, Store, StoreError
 
 log = logging.getLogger("ikto.agent")
-
-VERIFY_EVERY = 300.0  # seconds between two checks of a peer's reservation that did not change
 
 
 def _holder(value: bytes | None) -> str | None:
@@ -41,14 +38,13 @@ def _holder(value: bytes | None) -> str | None:
 class Reservations:
     """Owns what we reserved, what we were refused, and what we know of others' reservations."""
 
-    def __init__(self, name: str, clock: Clock, reclaim_after: float) -> None:
+    def __init__(self, name: str, reclaim_after: float) -> None:
         self._name = name
-        self._clock = clock
         self._reclaim_after = reclaim_after
         self._store: Store | None = None
         self.held: dict[Network, int] = {}  # ours: network -> reservation revision
         self.refused: dict[Network, str] = {}  # ours that we may not announce, and why
-        self._known: dict[tuple[str, Network], tuple[bool, int, float]] = {}  # (reserved, rev, read at)
+        self._known: dict[tuple[str, Network], tuple[bool, int]] = {}  # (reserved, revision)
         self.decision = Decision({}, {})
 
     def attach(self, store: Store) -> None:
@@ -117,11 +113,12 @@ class Reservations:
 
     async def refresh(
         self, peers: list[tuple[str, Peer]], mesh: Network, ours: Iterable[Network], our_key: str,
-        *, force: bool = False,
+        touched: Iterable[str] | None = (),
     ) -> set[str]:
-        """Check the peers' reservations and decide again; the public keys whose networks changed."""
+        """Check the peers' reservations and decide again; the public keys whose networks
+        changed. touched: the entry keys that changed (None: a new snapshot, read them all)."""
         before = self.decision
-        self.decision = decide(await self.check(peers, force), mesh, ours, our_key)
+        self.decision = decide(await self.check(peers, touched), mesh, ours, our_key)
         for (key, net), why in self.decision.refused.items():
             if before.refused.get((key, net)) != why:
                 log.warning("refusing a routed network", extra=fields(key=key, network=str(net), reason=why))
@@ -139,32 +136,62 @@ class Reservations:
         traffic through a peer unless told to; docs/routes.md)."""
         return {n for nets in self.decision.applied.values() for n in nets if n.prefixlen > 0}
 
-    async def check(self, peers: Iterable[tuple[str, Peer]], force: bool = False) -> list[Announced]:
-        """Every network the peers announce, with whether its reservation names its announcer
-        (read from the bucket now and then, not on every look)."""
-        now = self._clock.mono()
-        out, due = [], []
-        for key, peer in peers:
-            for net in peer.routes:
-                known = self._known.get((key, net))
-                if force or known is None or now - known[2] > VERIFY_EVERY:
-                    due.append((key, net))
-        if due and self._store is not None:
-            await asyncio.gather(*(self._read(key, net, now) for key, net in due))
-        for key, peer in peers:
-            for net in peer.routes:
-                reserved, rev, _ = self._known.get((key, net), (False, 0, now))
-                out.append(Announced(net, key, peer.exit, reserved, rev))
+    async def check(
+        self, peers: Iterable[tuple[str, Peer]], touched: Iterable[str] | None = ()
+    ) -> list[Announced]:
+        """Every network the peers announce, with whether its reservation names its announcer.
+
+        A reservation changes hands only with an announcement (the new holder announces it),
+        so it is read again only for a changed entry, and for the networks that overlap what a
+        changed entry announces; all of them in one read after a snapshot (touched None), and
+        any we could not read yet. Never on a timer: that would be every node reading every
+        reservation (N x R reads).
+        """
+        announced = [(key, net, peer) for key, peer in peers for net in peer.routes]
+        present = {(key, net) for key, net, _ in announced}
+        self._known = {k: v for k, v in self._known.items() if k in present}
+        if touched is None:
+            if announced and self._store is not None:
+                await self._read_all([(key, net) for key, net, _ in announced])
+        else:
+            changed = set(touched)
+            fresh = [net for key, net, _ in announced if key in changed]
+            due = [
+                (key, net) for key, net, _ in announced
+                if (key, net) not in self._known or key in changed or any(overlaps(net, f) for f in fresh)
+            ]
+            if due and self._store is not None:
+                await asyncio.gather(*(self._read(key, net) for key, net in due))
+        out = []
+        for key, net, peer in announced:
+            reserved, rev = self._known.get((key, net), (False, 0))
+            out.append(Announced(net, key, peer.exit, reserved, rev))
         return out
 
-    async def _read(self, key: str, net: Network, now: float) -> None:
+    async def _read(self, key: str, net: Network) -> None:
         assert self._store is not None
         try:
             cur = await self._store.get(route_key(net))
         except StoreError:
+            return  # read again at the next checkup
+        self._known[(key, net)] = _names(cur, key)
+
+    async def _read_all(self, wanted: list[tuple[str, Network]]) -> None:
+        assert self._store is not None
+        try:
+            held = {e.key: e for e in await self._store.latest(KEY_PREFIX + "*")}
+        except StoreError:
             return
-        reserved = cur is not None and _holder(cur.value) == key
-        self._known[(key, net)] = (reserved, cur.revision if cur else 0, now)
+        self._known = {}
+        for key, net in wanted:
+            self._known[(key, net)] = _names(held.get(route_key(net)), key)
+
+
+def _names(reservation: Entry | None, key: str) -> tuple[bool, int]:
+    """Whether a reservation names the entry at key, and its revision."""
+    if reservation is None:
+        return False, 0
+    return _holder(reservation.value) == key, reservation.revision
 
 
 def _network_of_key(key: str) -> Network | None:

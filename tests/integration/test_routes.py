@@ -83,3 +83,20 @@ def test_bad_routes_are_refused_by_the_config(make_config, nats_server, fields, 
 def test_an_exit_node_may_announce_a_default_route(make_config, nats_server):
     cfg = make_config(nats_server.url, routes=["0.0.0.0/0"], exit_node=True)
     assert [str(r) for r in cfg.routes] == ["0.0.0.0/0"]
+
+
+async def test_a_network_taken_over_moves_to_its_new_holder_without_a_timer(start_agent, open_store):
+    """B holds LAN and goes silent; C takes the reservation over and announces LAN. B's entry
+    still announces it, but the reservation is read again when C's announcement arrives."""
+    store = await open_store()
+    b = {**entry("fd10:e7::/48", name="old-site"), "routes": [str(LAN)]}
+    c = {**entry("fd10:e8::/48", name="new-site"), "routes": [str(LAN)]}
+    await reserve(store, LAN, "fd10:e7::/48")
+    await put(store, b)
+    agent, wg = await start_agent("fd10:e6::", **FAST)
+    await until(lambda: b["public_key"] in wg.peers and LAN in wg.routed)
+    await reserve(store, LAN, "fd10:e8::/48")  # the takeover (reservations.py does it with a CAS)
+    await put(store, c)
+    await until(lambda: c["public_key"] in wg.peers and str(LAN) in wg.peers[c["public_key"]].allowed_ips)
+    assert wg.peers[b["public_key"]].allowed_ips == ("fd10:e7::/48",)
+    assert LAN in wg.routed
