@@ -113,3 +113,22 @@ def test_a_network_of_the_other_family_than_the_mesh_is_warned_about(tmp_path: P
     assert family_problems([net("192.168.50.0/24")], net("10.99.0.0/16")) == []
     both = host_warnings([net("192.168.50.0/24")], MESH, _proc(tmp_path, "0", "1"))
     assert len(both) == 2
+
+
+def test_a_v03_style_reader_accepts_an_entry_that_routes_networks() -> None:
+    """ikto v0.3 unmarshals an entry into its five fields and ignores the rest: the lab's v0.3
+    node reads entries that way (ikto_lab.legacy), and still takes this one as a peer."""
+    import json
+    from ipaddress import ip_address
+
+    from ikto import entry, ipam
+    from ikto.models import Peer
+    from ikto_lab import legacy
+
+    pk = "Q" * 43 + "="
+    p = Peer("site-a", pk, ip_address("198.18.0.5"), net("fd10:5::/48"), 51820,
+             ("198.18.0.5:51820",), (net("fd99:1::/64"), net("0.0.0.0/0")), True)  # fmt: skip
+    value = json.loads(entry.encode(p))
+    assert {"routes", "exit", "endpoints"} <= value.keys()
+    args = legacy.peer_args({ipam.peer_key(p.allowed_ip): {"value": value}}, "peers.other", set())
+    assert args == ["peer", pk, "allowed-ips", "fd10:5::/48", "endpoint", "198.18.0.5:51820"]
