@@ -24,6 +24,7 @@ CASES = {
         ["--peers", "20", "--runs", "1", "--settle", "0.2", "--idle", "0.5", "--syncs", "1"],
         "all_applied",
     ),
+    "p7_ops": (["--peers", "20", "--runs", "1", "--scrapes", "2", "--reports", "20"], "reports_read"),
 }
 
 

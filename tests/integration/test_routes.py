@@ -93,7 +93,7 @@ async def test_a_network_taken_over_moves_to_its_new_holder_without_a_timer(star
     c = {**entry("fd10:e8::/48", name="new-site"), "routes": [str(LAN)]}
     await reserve(store, LAN, "fd10:e7::/48")
     await put(store, b)
-    agent, wg = await start_agent("fd10:e6::", **FAST)
+    _, wg = await start_agent("fd10:e6::", **FAST)
     await until(lambda: b["public_key"] in wg.peers and LAN in wg.routed)
     await reserve(store, LAN, "fd10:e8::/48")  # the takeover (reservations.py does it with a CAS)
     await put(store, c)
