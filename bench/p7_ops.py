@@ -90,6 +90,14 @@ def scrapes(rig: c.Rig, count: int) -> dict[str, Any]:
     }
 
 
+def wait_for_series(sock: Path, name: bytes, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while name not in http_get(sock, "/metrics")[1]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {name.decode()} series after {timeout:g} s")
+        time.sleep(0.5)
+
+
 def wg_dump_floor(dev: str, count: int = 5) -> dict[str, float]:
     out = []
     for _ in range(count):
@@ -149,6 +157,8 @@ async def one_size(n: int, runs: int, count: int, reports: int) -> dict[str, Any
                     c.write_config(rig.agent.config, rig.agent.config_path)
                 assert (await cold_start(rig, n))["wg_peers"] == n
                 await asyncio.sleep(3)
+                if per_peer:  # the series come from the agent's looks at WireGuard: wait for one
+                    await asyncio.to_thread(wait_for_series, rig.agent.socket, b"wireguard_peer_info{", 120)
                 out["per_peer" if per_peer else "aggregates"] = await asyncio.to_thread(scrapes, rig, count)
                 if per_peer:
                     out["floor_wg_show_dump_ms"] = wg_dump_floor(dev)
