@@ -17,6 +17,8 @@ from ikto_lab import LabDriver
 from ikto_lab.driver import CONFIG_PATH, DEV
 from ikto_lab.pinger import parse
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
 LAN = "fd99:1::/64"  # outside the lab mesh (fd10::/16 by default)
 PING_INTERVAL = 0.01  # seconds: the "every 10 ms"
 PINGS = 800  # 8 s of pings, the rotation in the middle
