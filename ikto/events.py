@@ -1,4 +1,4 @@
-"""The typed values the agent's parts hand to the agent: one queue, routed in agent.py."""
+"""The typed values the agent's parts hand to the agent: one queue, routed in dispatch.py."""
 
 from __future__ import annotations
 
