@@ -73,7 +73,7 @@ class Agent:
         policy = liveness.Policy(config.stale_after, config.remove_after, config.reclaim_after)
         ka = config.persistent_keepalive
         self.vitals = Vitals(policy, lambda: self.mesh, self.clock, hb, ka, self._look, self.public_key)
-        self.paths = Paths(self.clock.mono, self.vitals.session_fresh)
+        self.paths = Paths(self.clock.mono, self.vitals.session_fresh, self.vitals.past_rhythm)
         rarely = config.reclaim_after / 4
         self.presence = Presence(lambda: self.membership.key, config.name, self.clock, hb / 2, rarely)
         self.prober = Prober(config.name, self.public_key, self.clock, self.vitals, policy)

@@ -24,7 +24,7 @@ from ikto.files import write_atomic
 from ikto.ipam import Address, Interface, Network
 from ikto.log import fields
 from ikto.models import Peer
-from ikto.paths import our_candidates
+from ikto.paths import Sighting, our_candidates
 from ikto.store import BucketNotFoundError, KeyExistsError, RevisionMismatchError, Store, StoreError
 from ikto.wg import WgError
 
@@ -97,7 +97,7 @@ class Membership:
         self._host_addresses = host_addresses
         self._local: list[Address] = []  # this host's addresses, looked at now and then
         self._local_at: float | None = None  # loop time
-        self._sighted: str | None = None  # where other nodes last reported seeing us
+        self._sighting = Sighting()  # where other nodes see us
 
     @property
     def key(self) -> str:
@@ -209,18 +209,26 @@ class Membership:
         self._emit(RebuildWatch("we moved to a new address"))
 
     async def refresh_endpoints(self, sighted: str | None) -> None:
-        """Publish our candidate endpoints if they changed: where others see us (`sighted`, kept
-        once learned), where the NATS server sees us, and this host's addresses."""
+        """Publish our candidate endpoints if they changed: where others see us (`sighted`, a
+        witness report; paths.Sighting says what is kept of it), where the NATS server sees us,
+        and this host's addresses."""
         assert self._store is not None and self.config.advertise_address is not None
         now = asyncio.get_running_loop().time()
         if self._local_at is None or now - self._local_at >= LOCAL_ADDRESSES_EVERY:
             self._local_at = now
             with contextlib.suppress(WgError):
                 self._local = [a.ip for a in await asyncio.to_thread(self._host_addresses)]
-        self._sighted = sighted or self._sighted
+        was = self._sighting.symmetric
+        seen = self._sighting.update(sighted, self._store.client_ip)
+        if self._sighting.symmetric and self._sighting.symmetric != was:
+            log.warning(
+                "our NAT gives each peer its own port (a symmetric NAT): nodes behind NATs cannot "
+                "reach us directly; forward the WireGuard port to this host to change that",
+                extra=fields(public_address=self._sighting.symmetric, port=self.config.wg_port),
+            )
         c = self.config
         await self.publish(our_candidates(
-            sighted=self._sighted, nats_sees=self._store.client_ip, local=self._local,
+            sighted=seen, nats_sees=self._store.client_ip, local=self._local,
             port=c.wg_port, advertise=self.peer.advertise_address, mesh=c.mesh_cidr,
         ))
 

@@ -171,5 +171,11 @@ class Plan:
         return len(self.set) + len(self.remove)
 
     def without_removals(self) -> Plan:
-        """The same plan, adding and changing only."""
-        return Plan(set=self.set, changes=tuple(c for c in self.changes if c.new is not None))
+        """The same plan, adding and changing only. A re-add (the same key removed and set
+        again, for an immediate handshake) is a change: it keeps its remove."""
+        readded = {p.public_key for p in self.set}
+        return Plan(
+            set=self.set,
+            remove=tuple(k for k in self.remove if k in readded),
+            changes=tuple(c for c in self.changes if c.new is not None),
+        )

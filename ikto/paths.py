@@ -49,6 +49,40 @@ def our_candidates(
     return tuple(e for e in dict.fromkeys(out) if e != mine)[:MAX_CANDIDATES]
 
 
+def _host(endpoint: str) -> str:
+    return endpoint.rsplit(":", 1)[0]
+
+
+@dataclass(slots=True)
+class Sighting:
+    """Where other nodes see us (their witness reports), kept only while it stays true.
+
+    - A report from the address we already know, at another port: our NAT gives each peer its
+      own port (a symmetric NAT). No port is worth publishing then: peers behind NATs cannot
+      reach us directly, open peers learn our endpoint from our packets anyway. Reports from
+      that address are ignored from then on, so our entry is not rewritten for each of them.
+    - The NATS server sees us from another address than when we learned it: we moved, and
+      what was seen before is from the old network.
+    """
+
+    endpoint: str | None = None
+    symmetric: str | None = None  # the address whose ports vary
+    _nats: str | None = None  # where NATS saw us when we learned `endpoint`
+
+    def update(self, report: str | None, nats_sees: str | None) -> str | None:
+        """Take a witness report (None: no new one) and where NATS sees us now; the sighted
+        endpoint to publish, if any."""
+        if nats_sees and self._nats and nats_sees != self._nats:
+            self.endpoint = self.symmetric = None
+        self._nats = nats_sees or self._nats
+        if report and report != self.endpoint and _host(report) != self.symmetric:
+            if self.endpoint is not None and _host(report) == _host(self.endpoint):
+                self.endpoint, self.symmetric = None, _host(report)
+            else:
+                self.endpoint = report
+        return self.endpoint
+
+
 @dataclass(slots=True)
 class Trial:
     """Trying a peer's candidates: which one now, since when, how many rounds failed."""
@@ -81,11 +115,24 @@ def advance(trial: Trial, now: float) -> bool:
 class Paths:
     """Owns the endpoint that last worked for each peer and the trials under way."""
 
-    def __init__(self, mono: Callable[[], float], session_fresh: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        mono: Callable[[], float],
+        session_fresh: Callable[[str], bool],
+        past_rhythm: Callable[[str], bool] = lambda _: False,
+    ) -> None:
         self._mono = mono
-        self._fresh = session_fresh
+        self._session_fresh = session_fresh
+        self._past_rhythm = past_rhythm
         self._working: dict[str, str] = {}
         self._trials: dict[str, Trial] = {}
+        self._moved: set[str] = set()  # quiet past their rhythm, at an endpoint they no longer list
+
+    def _fresh(self, public_key: str) -> bool:
+        """Does the session work? A session is trusted for its life (SESSION_FRESH), unless the
+        peer went quiet past its rhythm and no longer lists the endpoint we hold for it: it moved
+        (a new NAT mapping, a new address), and waiting out the session would cost minutes."""
+        return self._session_fresh(public_key) and public_key not in self._moved
 
     @property
     def trying(self) -> bool:
@@ -117,6 +164,11 @@ class Paths:
             have = dev.peers.get(pk)
             if have is None:
                 continue
+            if not self._past_rhythm(pk):  # heard lately: wherever it is, it works
+                self._moved.discard(pk)
+            elif pk not in self._moved and have.endpoint and have.endpoint not in peer.candidates():
+                self._moved.add(pk)  # until it is heard again, even while we try its candidates
+                self._working.pop(pk, None)  # the endpoint it moved away from: not worth a try
             if self._fresh(pk):
                 if have.endpoint:
                     self._working[pk] = have.endpoint
@@ -137,6 +189,7 @@ class Paths:
             del self._trials[gone]
         for gone in self._working.keys() - live:
             del self._working[gone]
+        self._moved &= live
         return changed
 
     def describe(self, public_key: str) -> str:

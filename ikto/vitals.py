@@ -161,6 +161,19 @@ class Vitals:
             self._clock.mono() - w.session_at < liveness.SESSION_FRESH
         )
 
+    def past_rhythm(self, public_key: str) -> bool:
+        """Has the peer been quiet on our data plane for a look past its rhythm (as of our last
+        look)? A live peer never is: its keepalive plus a look is its rhythm already."""
+        w = self._wire.get(public_key)
+        held = self._mesh().holder(public_key)
+        if w is None or held is None:
+            return False
+        looked = self._looked_at if self._looked_at is not None else self._clock.mono()
+        look = self._look_interval()
+        own = liveness.cadence(keeps_alive=held[1].speaks, keepalive=self._keepalive, look_interval=look)
+        quiet = liveness.quiet(looked - max(w.sign_at or w.since, w.since), own)
+        return quiet is not None and quiet > look
+
     def handshake_age(self, public_key: str) -> float | None:
         w = self._wire.get(public_key)
         return None if w is None or w.sign_at is None else self._clock.mono() - w.sign_at
@@ -188,13 +201,8 @@ class Vitals:
             if w_ is not None:
                 in_wireguard += 1
                 handshaking += self.session_fresh(peer.public_key)
-                own = liveness.cadence(keeps_alive=peer.speaks, keepalive=self._keepalive,
-                                       look_interval=self._look_interval())
-                quiet = liveness.quiet(looked - max(w_.sign_at or w_.since, w_.since), own)
-                # Past its rhythm by a look: quick enough for `ikto status --mesh` to name a broken
-                # pair within a minute, and a live peer is never that late (its keepalive plus a
-                # look, at the most, is its rhythm already).
-                if quiet is not None and quiet > self._look_interval():
+                # Quick enough for `ikto status --mesh` to name a broken pair within a minute.
+                if self.past_rhythm(peer.public_key):
                     unreachable.append(peer.name or key)
             r = self._records.get(key)
             if liveness.needs_probe(signs, self.policy) and (r is None or r.next_read <= now):

@@ -8,7 +8,7 @@ from ipaddress import ip_address, ip_network
 from fakes import FakeClock
 
 from ikto.models import Peer, PeerWant, WgDevice, WgPeer
-from ikto.paths import MAX_WAIT, TRY_SECONDS, Paths, our_candidates
+from ikto.paths import MAX_WAIT, TRY_SECONDS, Paths, Sighting, our_candidates
 from ikto.reconcile import applied, diff, want
 
 PK = "P" * 43 + "="
@@ -71,6 +71,28 @@ def test_once_a_candidate_works_it_sticks_and_is_tried_first_next_time() -> None
     assert paths.want(NATED) == ("203.0.113.7:51820", False, True)  # what worked last comes first
 
 
+def test_a_peer_that_moved_is_tried_at_its_new_candidates_before_its_session_ends() -> None:
+    """Its session is younger than 180 s, but it went quiet past its rhythm and no longer
+    lists the endpoint we hold: its NAT mapping changed. Its candidates are tried at once."""
+    fresh, quiet = {PK}, set()
+    clock = FakeClock()
+    paths = Paths(clock.mono, lambda pk: pk in fresh, lambda pk: pk in quiet)
+    paths.observed(dev("203.0.113.7:51820", handshake=1), [NATED])
+    assert paths.want(NATED) == ("203.0.113.7:51820", True, False)
+    quiet.add(PK)  # quiet past its rhythm, still listing where we hold it: keep it (keepalives off)
+    paths.observed(dev("203.0.113.7:51820", handshake=1), [NATED])
+    assert paths.describe(PK) == "direct"
+    moved = Peer("n", PK, ip_address("192.168.1.5"), ip_network("fd10:5::/48"), 51820, ("203.0.113.99:51820",))  # noqa: E501
+    assert paths.observed(dev("203.0.113.7:51820", handshake=1), [moved]) == {PK}
+    assert paths.want(moved) == ("192.168.1.5:51820", False, True)  # the old endpoint is not retried
+    clock.advance(TRY_SECONDS)
+    paths.observed(dev("192.168.1.5:51820", handshake=1), [moved])
+    assert paths.want(moved) == ("203.0.113.99:51820", False, True)  # still trying: not heard yet
+    quiet.clear()  # the handshake came
+    paths.observed(dev("203.0.113.99:51820", handshake=2), [moved])
+    assert paths.want(moved) == ("203.0.113.99:51820", True, False) and paths.describe(PK) == "direct"
+
+
 def test_a_single_candidate_is_never_cycled() -> None:
     v03 = Peer("old", PK, ip_address("198.18.0.3"), ip_network("fd10:5::/48"), 51820)
     paths, clock = setup(set())
@@ -114,3 +136,19 @@ def test_our_candidates() -> None:
     # what others see first, then where NATS sees us, then our addresses; never the mesh,
     # loopback or the advertised endpoint again
     assert got == ("203.0.113.7:40001", "203.0.113.7:51820", "10.1.1.1:51820")
+
+
+def test_a_sighting_is_kept_replaced_when_we_move_and_dropped_behind_a_symmetric_nat() -> None:
+    s = Sighting()
+    assert s.update(None, "203.0.113.7") is None
+    assert s.update("203.0.113.7:51820", "203.0.113.7") == "203.0.113.7:51820"
+    assert s.update(None, "203.0.113.7") == "203.0.113.7:51820"  # kept once learned
+    # NATS sees us from a new address: the old sighting is from the old network
+    assert s.update(None, "198.51.100.4") is None
+    assert s.update("198.51.100.4:51820", "198.51.100.4") == "198.51.100.4:51820"
+    # another witness sees another port at the same address: symmetric, nothing to publish,
+    # and the next reports from that address change nothing (no entry rewrite per report)
+    assert s.update("198.51.100.4:40987", "198.51.100.4") is None
+    assert s.symmetric == "198.51.100.4"
+    assert s.update("198.51.100.4:61188", "198.51.100.4") is None
+    assert s.update("198.51.100.4:51820", "198.51.100.4") is None

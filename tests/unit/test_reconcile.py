@@ -44,3 +44,13 @@ def test_nothing_to_do_is_an_empty_plan_and_without_removals_keeps_the_rest() ->
     kept = plan.without_removals()
     assert kept.remove == () and kept.set == plan.set and [c.kind for c in kept.changes] == ["change"]
     assert "allowed-ips fd10:1::/48 -> fd10:1::/48,10.0.0.0/24" in kept.changes[0].why
+
+
+def test_holding_removals_keeps_a_readd() -> None:
+    """A peer re-added to try another endpoint is removed and set in one call: while removals
+    are held (after a snapshot), the remove half must stay, or no handshake starts at once."""
+    want = PeerWant("alpha", cfg(A, endpoint="198.18.0.9:51820"), readd=True)
+    plan = diff({A: want}, {A: have(A), B: have(B)})
+    assert set(plan.remove) == {A, B}
+    kept = plan.without_removals()
+    assert kept.remove == (A,) and [p.public_key for p in kept.set] == [A]
