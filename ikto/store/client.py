@@ -61,6 +61,11 @@ _JS_API = ("$js.api.",)
 _STREAM_NOT_FOUND = 10059
 
 
+# Seconds. nats-py's close() writes out what is pending and waits for the socket to drain it:
+# towards a server behind a firewall that drops packets, until TCP gives up (minutes).
+CLOSE_TIMEOUT = 5.0
+
+
 class Store:
     """A NATS connection and one key-value bucket; create with Store.connect()."""
 
@@ -126,8 +131,8 @@ class Store:
     async def close(self) -> None:
         """Close the connection; pending watches end."""
         self._closing = True
-        with contextlib.suppress(Exception):
-            await self._nc.close()
+        with contextlib.suppress(Exception):  # TimeoutError too: a stop must not wait on NATS
+            await asyncio.wait_for(self._nc.close(), CLOSE_TIMEOUT)
 
     # Calls with error mapping
 
