@@ -270,7 +270,8 @@ class AgentProc:
     async def health(self) -> dict[str, Any]:
         from ikto.api import call
 
-        return await asyncio.to_thread(call, self.socket, "GET", "/v1/health")  # type: ignore[no-any-return]
+        health: dict[str, Any] = await asyncio.to_thread(call, self.socket, "GET", "/v1/health")
+        return health
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -386,8 +387,8 @@ async def floor_kv_notify(url: str, samples: int = 30) -> list[float]:
     try:
         wkv = await w_nc.jetstream().key_value(BUCKET)
         pkv = await p_nc.jetstream().key_value(BUCKET)
-        watcher = await wkv.watch("floor.*")
-        it = watcher.__aiter__()
+        watcher: Any = await wkv.watch("floor.*")  # KeyWatcher: untyped in nats-py
+        it = aiter(watcher)
         out = []
         async for e in watcher:  # drain the initial snapshot marker
             if e is None:
@@ -395,7 +396,7 @@ async def floor_kv_notify(url: str, samples: int = 30) -> list[float]:
         for i in range(samples):
             t = time.perf_counter()
             await pkv.put(f"floor.k{i % 3}", b"x" * 200)
-            await it.__anext__()
+            await anext(it)
             out.append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(0.01)
         with contextlib.suppress(Exception):
@@ -412,7 +413,7 @@ async def floor_snapshot(url: str) -> float:
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         t = time.perf_counter()
-        w = await kv.watch("peers.*")
+        w: Any = await kv.watch("peers.*")
         async for e in w:
             if e is None:
                 break
