@@ -505,6 +505,20 @@ async def rig_started(ns: str, workdir: Path, dev: str) -> Any:
 
 
 @contextlib.contextmanager
+def throwaway_lab(tag: str) -> Iterator[Any]:
+    """An ikto_lab.NamespaceLab with its own state dir and namespace prefix, removed afterwards."""
+    from ikto_lab import NamespaceLab
+
+    state = Path(tempfile.mkdtemp(prefix=f"ikto-bench-{tag}-"))
+    lab = NamespaceLab(state_dir=state, name=f"ik{tag[:4]}{os.getpid() % 10000}")
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def sandbox(tag: str) -> Iterator[tuple[str, Path, str]]:
     """(netns name, temp workdir, unique interface name); everything removed afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix=f"ikto-bench-{tag}-"))

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +30,9 @@ PAIRS = [("open1", "nat1"), ("nat1", "open1"), ("open2", "nat2"), ("nat2", "open
 
 
 def run_lab(seconds: float, interval: float) -> dict[str, Any]:
-    from ikto_lab import NamespaceLab
     from ikto_lab.pinger import Pinger
 
-    state = Path(tempfile.mkdtemp(prefix="ikto-bench-nat-"))
-    lab = NamespaceLab(state_dir=state, name=f"iknl{c.os.getpid() % 10000}")
-    try:
+    with c.throwaway_lab("nat") as lab:
         t = time.monotonic()
         lab.up(0)
         for n, mode in (("open1", None), ("open2", None), ("nat1", "preserve"), ("nat2", "preserve")):
@@ -73,9 +68,6 @@ def run_lab(seconds: float, interval: float) -> dict[str, Any]:
                 for (a, b), r in results.items()
             },
         }  # fmt: skip
-    finally:
-        lab.down()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -54,16 +54,17 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 
-from ikto_lab.nats import NatsServer
-from ikto_lab.shell import LabError
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.common import cpu_seconds, pct  # noqa: E402
+from ikto_lab.nats import NatsServer  # noqa: E402
+from ikto_lab.shell import LabError  # noqa: E402
+
 DEFAULT_SERVERS = ("/usr/sbin/nats-server", str(REPO / ".venv" / "bin" / "nats-server"))
 BUCKET = "probe"
 STREAM = f"KV_{BUCKET}"
 HISTORY = 5  # the agent's bucket: history 5, values <= 4 KiB
 MAX_VALUE = 4096
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 ALIVE_BUCKET = "probe_alive"  # a second bucket nobody watches: presence written elsewhere
 ALIVE_KEYS = 3000  # alive.<0..2999>, each written HISTORY times first so every put removes one
 LOADS = "get:100,get:1000,getapi:100,getapi:1000,put:100,put:1000,putother:100,putother:1000,info:100"
@@ -72,12 +73,6 @@ Json = dict[str, Any]
 
 
 # Processes
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:
@@ -138,13 +133,6 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 # The bucket

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,11 +44,7 @@ def pings(lab: Any, target: str, window: float, rotate: bool) -> list[Any]:
 
 
 def run_lab(rotations: int, window: float) -> dict[str, Any]:
-    from ikto_lab import NamespaceLab
-
-    state = Path(tempfile.mkdtemp(prefix="ikto-bench-rot-"))
-    lab = NamespaceLab(state_dir=state, name=f"ikrg{c.os.getpid() % 10000}")
-    try:
+    with c.throwaway_lab("rot") as lab:
         lab.up(3)
         lab.wait_converged(timeout=120)
         node, *peers = lab.members()[:3]
@@ -61,9 +55,6 @@ def run_lab(rotations: int, window: float) -> dict[str, Any]:
         floor = pings(lab, target, window, rotate=False)
         rounds = [pings(lab, target, window, rotate=True) for _ in range(rotations)]
         return {"floor": floor, "rounds": rounds, "peers": peers}
-    finally:
-        lab.down()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

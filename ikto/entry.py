@@ -51,11 +51,17 @@ def _object(value: bytes | None) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+def string_field(value: bytes | None, name: str) -> str | None:
+    """A string field of a JSON object value (an entry, or a record beside the entries); None
+    if the value is not such an object or the field is not a string."""
+    data = _object(value)
+    got = data.get(name) if data is not None else None
+    return got if isinstance(got, str) else None
+
+
 def owner(value: bytes | None) -> str | None:
     """The public key a value claims, if it is a JSON object with a string public_key."""
-    data = _object(value)
-    pk = data.get("public_key") if data is not None else None
-    return pk if isinstance(pk, str) else None
+    return string_field(value, "public_key")
 
 
 def describe(value: bytes | None) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ikto import ipam
+from ikto import entry, ipam
 from ikto.models import endpoint_text
 
 MAX_NAMES = 32  # unreachable peers named in a report (the count is always there)
@@ -63,12 +63,8 @@ def sighting(by: str, endpoint: str | None) -> bytes:
 
 def sighted_endpoint(value: bytes | None) -> str | None:
     """The endpoint a witness record reports, if it is a usable `host:port`."""
-    try:
-        data = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    text = data.get("endpoint") if isinstance(data, dict) else None
-    if not isinstance(text, str):
+    text = entry.string_field(value, "endpoint")
+    if text is None:
         return None
     try:
         address, port = ipam.parse_endpoint(text)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from ipaddress import ip_network
 
-from ikto import liveness
+from ikto import entry, liveness
 from ikto.claim import holder_silence
 from ikto.ipam import Network
 from ikto.log import fields
@@ -27,12 +27,7 @@ log = logging.getLogger("ikto.agent")
 
 
 def _holder(value: bytes | None) -> str | None:
-    try:
-        data = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    holder = data.get("holder") if isinstance(data, dict) else None
-    return holder if isinstance(holder, str) else None
+    return entry.string_field(value, "holder")
 
 
 class Reservations:
