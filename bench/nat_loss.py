@@ -37,10 +37,7 @@ def run_lab(seconds: float, interval: float) -> dict[str, Any]:
         lab.up(0)
         for n, mode in (("open1", None), ("open2", None), ("nat1", "preserve"), ("nat2", "preserve")):
             lab.add_node(n, start=False, nat=mode)
-        for n in lab.nodes():
-            lab.spawn_agent(n)
-        for n in lab.nodes():
-            lab.wait_agent_ready(n)
+        lab.start_agents(lab.nodes())
         lab.wait_converged(timeout=120)
         for src, dst in PAIRS:
             if not lab.ping(src, dst, 60):

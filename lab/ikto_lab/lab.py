@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -169,10 +169,7 @@ class NamespaceLab(LabDriver):
         if start_agents:
             # A failing agent leaves the lab up, so its log can be read.
             log.info("starting the agents")
-            for n in self.nodes():
-                self._spawn_agent(n)
-            for n in self.nodes():
-                self._wait_agent_ready(n)
+            self.start_agents(self.nodes())
 
     def down(self) -> None:
         """Remove everything the lab made, even after a crash; idempotent."""
@@ -585,6 +582,14 @@ class NamespaceLab(LabDriver):
 
     def wait_agent_ready(self, node: str, timeout: float = 30.0) -> None:
         self._wait_agent_ready(node, timeout)
+
+    def start_agents(self, nodes: Iterable[str]) -> None:
+        """Start these nodes' agents all at once, then wait until each is ready."""
+        nodes = list(nodes)
+        for n in nodes:
+            self._spawn_agent(n)
+        for n in nodes:
+            self._wait_agent_ready(n)
 
     def wait_agent_exit(self, node: str, timeout: float = 30.0) -> int | None:
         """Wait for node's agent to exit by itself; its exit code (LabError if it keeps running)."""

@@ -105,10 +105,7 @@ def lab() -> Iterator[NamespaceLab]:
             lab.add_node(n, start=False, nat=mode)
         for n in ("v3a", "v3b"):
             lab.set_config(n, **SHRUNK)
-        for n in NODES:
-            lab.spawn_agent(n)
-        for n in NODES:
-            lab.wait_agent_ready(n)
+        lab.start_agents(NODES)
         yield lab
     finally:
         lab.down()

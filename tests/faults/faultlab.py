@@ -135,10 +135,7 @@ def start_nodes(lab: NamespaceLab, names: list[str], **config: object) -> None:
         lab.add_node(n, start=False)
         if config:
             lab.set_config(n, **config)
-    for n in names:
-        lab.spawn_agent(n)
-    for n in names:
-        lab.wait_agent_ready(n)
+    lab.start_agents(names)
 
 
 def new_name(lab: NamespaceLab, prefix: str = "node") -> str:

@@ -47,10 +47,7 @@ def perm_lab() -> Iterator[NamespaceLab]:
         for n, (_, addr) in NODES.items():
             lab.add_node(n, private_address=addr, start=False)
             lab.set_config(n, nats_url=url(n), address_pinned=True, create_bucket=False)
-        for n in NODES:
-            lab.spawn_agent(n)
-        for n in NODES:
-            lab.wait_agent_ready(n)
+        lab.start_agents(NODES)
         yield lab
     finally:
         lab.down()
