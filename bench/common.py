@@ -505,12 +505,13 @@ async def rig_started(ns: str, workdir: Path, dev: str) -> Any:
 
 
 @contextlib.contextmanager
-def throwaway_lab(tag: str) -> Iterator[Any]:
-    """An ikto_lab.NamespaceLab with its own state dir and namespace prefix, removed afterwards."""
+def throwaway_lab(tag: str, **lab_args: Any) -> Iterator[Any]:
+    """An ikto_lab.NamespaceLab with its own state dir and namespace prefix, removed afterwards
+    (lab_args: NamespaceLab's keyword arguments)."""
     from ikto_lab import NamespaceLab
 
     state = Path(tempfile.mkdtemp(prefix=f"ikto-bench-{tag}-"))
-    lab = NamespaceLab(state_dir=state, name=f"ik{tag[:4]}{os.getpid() % 10000}")
+    lab = NamespaceLab(state_dir=state, name=f"ik{tag[:4]}{os.getpid() % 10000}", **lab_args)
     try:
         yield lab
     finally:

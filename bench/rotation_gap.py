@@ -40,11 +40,26 @@ def pings(lab: Any, target: str, window: float, rotate: bool) -> list[Any]:
             lab.exec(node, ["ikto", "rotate-key"], check=True, timeout=30)
         out = [r.result() for r in running]
     lab.wait_converged(60)  # every peer has the new key before the next round
-    return [parse(o.stdout, INTERVAL) for o in out]
+    results = [parse(o.stdout, INTERVAL) for o in out]
+    if max(r.longest_gap_s for r in results) >= TARGET_GAP_S:
+        keep_logs(lab, f"{time.strftime('%H%M%S')}", {p: o.stdout for p, o in zip(peers, out, strict=True)})
+    return results
 
 
-def run_lab(rotations: int, window: float) -> dict[str, Any]:
-    with c.throwaway_lab("rot") as lab:
+def keep_logs(lab: Any, label: str, pings: dict[str, str]) -> None:
+    """Keep a round that missed the target: every node's agent log and the pings' output."""
+    import shutil
+
+    c.RESULTS.mkdir(parents=True, exist_ok=True)
+    for n in lab.nodes():
+        shutil.copy(lab.layout.agent_log(n), c.RESULTS / f"rotation_gap-{label}-{n}.log")
+    for n, text in pings.items():
+        (c.RESULTS / f"rotation_gap-{label}-ping-from-{n}.txt").write_text(text)
+    print(f"kept the logs of a slow round: {c.RESULTS}/rotation_gap-{label}-*")
+
+
+def run_lab(rotations: int, window: float, log_level: str) -> dict[str, Any]:
+    with c.throwaway_lab("rot", node_config={"log_level": log_level}) as lab:
         lab.up(3)
         lab.wait_converged(timeout=120)
         node, *peers = lab.members()[:3]
@@ -61,9 +76,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rotations", type=int, default=5, help="key rotations to measure (default 5)")
     ap.add_argument("--window", type=float, default=8.0, help="seconds of pings around each (default 8)")
+    ap.add_argument("--log-level", default="info", help="the agents' (debug: every wg call)")
     a = ap.parse_args(argv)
     c.require_root()
-    r = run_lab(a.rotations, a.window)
+    r = run_lab(a.rotations, a.window, a.log_level)
     rows = [["floor (no rotation)", p, f.lost, f"{f.longest_gap_s * 1000:.0f} ms"]
             for p, f in zip(r["peers"], r["floor"], strict=True)]
     rows += [[f"rotation {i + 1}", p, x.lost, f"{x.longest_gap_s * 1000:.0f} ms"]
