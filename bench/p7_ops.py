@@ -152,9 +152,8 @@ async def one_size(n: int, runs: int, count: int, reports: int) -> dict[str, Any
             peers = await rig.seed(n)
             out: dict[str, Any] = {"peers": n}
             for per_peer in (False, True):
-                if per_peer:
-                    rig.agent.config = rig.agent.config.model_copy(update={"metrics_per_peer": True})
-                    c.write_config(rig.agent.config, rig.agent.config_path)
+                rig.agent.config = rig.agent.config.model_copy(update={"metrics_per_peer": per_peer})
+                c.write_config(rig.agent.config, rig.agent.config_path)
                 assert (await cold_start(rig, n))["wg_peers"] == n
                 await asyncio.sleep(3)
                 if per_peer:  # the series come from the agent's looks at WireGuard: wait for one

@@ -123,8 +123,9 @@ class Config(BaseSettings):
     metrics_address: str | None = Field(
         default=None, description="host:port to serve /metrics over TCP (e.g. 127.0.0.1:9586); off if unset"
     )
-    metrics_per_peer: bool = Field(
-        default=True, description="WireGuard series for every peer (5 each); turn off at thousands of peers"
+    metrics_per_peer: bool | None = Field(
+        default=None,
+        description="WireGuard series for every peer (4 each); unset: while there are at most 1,000 peers",
     )
     # Liveness (seconds, on the NATS server's clock): see README "Failure behaviour".
     heartbeat_interval: float = Field(

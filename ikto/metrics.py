@@ -87,16 +87,22 @@ class Sample:
     watch_rebuilds: dict[str, int] = field(default_factory=dict)
 
 
+# Per-peer series by default up to this many peers: above, a scrape costs tenths of a second of
+# CPU and Prometheus thousands of series per node (docs/metrics.md, "Cost").
+AUTO_PER_PEER_MAX = 1000
+
+
 class _SampleCollector(Collector):
-    def __init__(self, per_peer: bool) -> None:
-        self.per_peer = per_peer
+    def __init__(self, per_peer: bool | None) -> None:
+        self.per_peer = per_peer  # None: while the mesh has at most AUTO_PER_PEER_MAX peers
         self.sample: Sample | None = None
 
     def collect(self) -> Iterator[Metric]:
         s = self.sample
         if s is None:
             return
-        yield from _wireguard(s, self.per_peer)
+        per_peer = self.per_peer if self.per_peer is not None else len(s.peers) <= AUTO_PER_PEER_MAX
+        yield from _wireguard(s, per_peer)
         yield from _ikto(s)
 
 
@@ -172,7 +178,7 @@ def _ikto(s: Sample) -> Iterable[Metric]:
 class Metrics:
     """Owns the registry; `update` swaps in the latest sample, `render` formats it (any thread)."""
 
-    def __init__(self, per_peer: bool) -> None:
+    def __init__(self, per_peer: bool | None) -> None:
         self._collector = _SampleCollector(per_peer)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self._collector)
