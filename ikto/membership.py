@@ -98,6 +98,7 @@ class Membership:
         self._local: list[Address] = []  # this host's addresses, looked at now and then
         self._local_at: float | None = None  # loop time
         self._sighting = Sighting()  # where other nodes see us
+        self._new_key: str | None = None  # while our entry is rewritten with a new public key
 
     @property
     def key(self) -> str:
@@ -117,7 +118,7 @@ class Membership:
         if value is None:
             log.warning("our entry was deleted; putting it back", extra=fields(key=self.key))
             self.poke()
-        elif entry.owner(value) == self.public_key:
+        elif entry.owner(value) in (self.public_key, self._new_key):
             self.revision = max(self.revision, revision)
         else:
             log.error("our address was overwritten by another node's entry",
@@ -242,8 +243,12 @@ class Membership:
             if cur is None or entry.owner(cur.value) not in (old, public_key):
                 raise IktoError(f"our entry {self.key} is not ours any more: not rotating the key")
             peer = replace(self.peer, public_key=public_key)
-            self.revision = await self._store.update(self.key, entry.encode(peer), cur.revision)
-            self.peer, self.public_key = peer, public_key
+            self._new_key = public_key  # the watch may show it before the update returns
+            try:
+                self.revision = await self._store.update(self.key, entry.encode(peer), cur.revision)
+                self.peer, self.public_key = peer, public_key
+            finally:
+                self._new_key = None
 
     async def announce(self, routes: tuple[Network, ...], exit_node: bool) -> None:
         """Announce the routed networks we reserved (rewrites our entry if they changed)."""

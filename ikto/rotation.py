@@ -28,11 +28,16 @@ from pathlib import Path
 
 from ikto import entry, keys
 from ikto.errors import IktoError
+from ikto.models import PeerConfig, Plan
 from ikto.wg import WgApi
+from ikto.wgerrors import WgError
 
 log = logging.getLogger("ikto.agent")
 
 KEY_AGE_CHECK = 3600.0  # seconds between two looks at the key's age (rotate_key_days)
+# After the switch: when to look for peers that did not handshake with the new key yet, and
+# re-add them (docs/facts.md, "Key rotation and handshake collisions").
+UNSTICK_AFTER = (0.5, 2.0)
 
 
 class Recovery(StrEnum):
@@ -142,6 +147,8 @@ class Rotator:
             raise IktoError("a key rotation is already under way")
         self._busy = True
         try:
+            dev = await asyncio.to_thread(self._wg.dump)
+            before = {p.public_key: p.latest_handshake for p in dev.peers.values()}
             private = await asyncio.to_thread(write_new, self._key)
             try:
                 public = await asyncio.to_thread(self._wg.public_key, private)
@@ -153,9 +160,32 @@ class Rotator:
                 abandon(self._key)
                 raise
             await asyncio.to_thread(commit, self._key)
+            await self._unstick(before)
             return public
         finally:
             self._busy = False
+
+    async def _unstick(self, before: dict[str, int]) -> None:
+        """Peers whose handshake has not changed since the switch may be stuck in a handshake
+        collision until WireGuard retries (5 s): re-add them, which starts a handshake at once."""
+        for delay in UNSTICK_AFTER:
+            await asyncio.sleep(delay)
+            try:
+                dev = await asyncio.to_thread(self._wg.dump)
+                stuck = [p for p in dev.peers.values() if p.latest_handshake == before.get(p.public_key)]
+                if stuck:
+                    configs = tuple(
+                        PeerConfig(p.public_key, p.allowed_ips, p.endpoint or "", p.persistent_keepalive)
+                        for p in stuck
+                    )
+                    await asyncio.to_thread(
+                        self._wg.apply, Plan(set=configs, remove=tuple(c.public_key for c in configs))
+                    )
+                    log.info(
+                        "re-added peers that had not handshaken with our new key", extra={"peers": len(stuck)}
+                    )
+            except WgError as e:
+                log.warning("looking for peers stuck after the key switch failed", extra={"error": str(e)})
 
     async def when_old(self, days: float, rotate: Callable[[], Awaitable[object]]) -> None:
         """Call rotate() once the key file is `days` old (looked at every KEY_AGE_CHECK)."""

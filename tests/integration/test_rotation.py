@@ -43,6 +43,10 @@ async def test_rotate_key_then_restart(start_agent, open_store):
     assert held["public_key"] == new and wg.key == new
     assert keys.public_key(keys.read_private_key(agent.config.private_key_path)) == new
     assert oct(agent.config.private_key_path.stat().st_mode & 0o777) == "0o600"
+    # The peer had not handshaken with the new key (a fake one never does): re-added, which
+    # starts a handshake at once instead of waiting out a handshake collision.
+    pk = peer["public_key"]
+    assert any(pk in p.remove and pk in {c.public_key for c in p.set} for p in wg.applies())
     # what `ikto agent` does next: run again (here, in this process) with the new key
     a2, task = await run_agent(agent.config, agent.config_path, wg)
     try:
