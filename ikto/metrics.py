@@ -85,6 +85,7 @@ class Sample:
     witness_writes: int
     record_reads: int
     watch_rebuilds: dict[str, int] = field(default_factory=dict)
+    peer_count: int = 0  # peers in WireGuard (`peers` lists them only when they are shown)
 
 
 # Per-peer series by default up to this many peers: above, a scrape costs tenths of a second of
@@ -101,7 +102,7 @@ class _SampleCollector(Collector):
         s = self.sample
         if s is None:
             return
-        per_peer = self.per_peer if self.per_peer is not None else len(s.peers) <= AUTO_PER_PEER_MAX
+        per_peer = self.per_peer if self.per_peer is not None else s.peer_count <= AUTO_PER_PEER_MAX
         yield from _wireguard(s, per_peer)
         yield from _ikto(s)
 
@@ -180,8 +181,14 @@ class Metrics:
 
     def __init__(self, per_peer: bool | None) -> None:
         self._collector = _SampleCollector(per_peer)
+        self.per_peer_setting = per_peer
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self._collector)
+
+    def wants_peers(self, peers: int) -> bool:
+        """Will a scrape show per-peer series with this many peers (else: no need to list them)?"""
+        setting = self.per_peer_setting
+        return setting if setting is not None else peers <= AUTO_PER_PEER_MAX
 
     def update(self, sample: Sample) -> None:
         self._collector.sample = sample  # one reference swap: a render in a thread sees old or new

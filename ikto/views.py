@@ -119,7 +119,7 @@ def metrics_sample(agent: Agent) -> Sample:
         wp = dev.peers.get(p.public_key) if dev is not None else None
         state = agent.vitals.verdict(key, wp is not None).state
         states[state] = states.get(state, 0) + 1
-    if dev is not None:
+    if dev is not None and agent.metrics.wants_peers(len(dev.peers)):
         for pk, wp in dev.peers.items():
             held = known.get(pk)
             peers.append(PeerSample(
@@ -145,6 +145,7 @@ def metrics_sample(agent: Agent) -> Sample:
         witness_writes=agent.prober.witness_writes,
         record_reads=agent.prober.reads,
         watch_rebuilds=dict(agent.follower.rebuilds),
+        peer_count=len(dev.peers) if dev is not None else 0,
     )
 
 

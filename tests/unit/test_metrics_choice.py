@@ -12,7 +12,7 @@ def sample(peers: int) -> Sample:
     counters = dict(wg_calls=0, apply_errors=0, presence_writes=0, presence_failures=0, witness_writes=0,
                     record_reads=0)  # fmt: skip
     return Sample("wg-ikto", "ME", listed, {"ok": peers}, 0, True, True, False, 1, apply_latency=Latency(),
-                  **counters)  # fmt: skip
+                  peer_count=peers, **counters)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,7 @@ def sample(peers: int) -> Sample:
 )
 def test_per_peer_series(setting: bool | None, peers: int, per_peer: bool) -> None:
     m = Metrics(per_peer=setting)
+    assert m.wants_peers(peers) is per_peer
     m.update(sample(peers))
     text = m.render().decode()
     assert "wireguard_device_info{" in text and "ikto_peers" in text
