@@ -36,9 +36,10 @@ class Applier:
 
     `wanted(keys)` gives the desired state of those public keys (all known ones for None);
     `syncconf_text()` the whole mesh in wg(8) format; `ensure_interface()` (blocking) brings
-    the interface back if it is gone; `on_observed(dev)` is told every look at WireGuard,
-    before it is compared (liveness and endpoint decisions are taken from it); `on_applied()`
-    after every successful apply; `interval()` says when to look again.
+    the interface back if it is gone; `on_observed(dev, taken)` is told every look at WireGuard
+    (taken: when it was read, monotonic and wall time) before it is compared (liveness and
+    endpoint decisions are taken from it); `on_applied()` after every successful apply;
+    `interval()` says when to look again.
     """
 
     def __init__(
@@ -47,7 +48,7 @@ class Applier:
         wanted: Wanted,
         syncconf_text: Callable[[], str],
         ensure_interface: Callable[[], object],
-        on_observed: Callable[[WgDevice], None],
+        on_observed: Callable[[WgDevice, tuple[float, float]], None],
         on_applied: Callable[[], None],
         interval: Callable[[], float],
         routes: Callable[[], set[Network]] = set,
@@ -125,6 +126,7 @@ class Applier:
         """Look at `wg show dump`, learn from it, compare the whole mesh and repair any drift."""
         try:
             await asyncio.to_thread(self._ensure_interface)
+            taken = (time.monotonic(), time.time())
             dev = await asyncio.to_thread(self._wg.dump)
         except WgError as e:
             log.error("reading WireGuard failed", extra=fields(error=e))
@@ -132,7 +134,7 @@ class Applier:
         async with self._lock:
             self.device = dev
             self.observed = dict(dev.peers)
-            self._on_observed(dev)
+            self._on_observed(dev, taken)
         self._dirty.clear()
         await self._apply(None)
         await self.sync_routes()

@@ -93,10 +93,11 @@ class Dispatch:
                 if a.store is not None and a.store.connected and not a.membership.leaving:
                     await self.checkup()
 
-    def observed(self, dev: WgDevice) -> None:
-        """A look at WireGuard: learn signs of life, move endpoint trials on, update our report."""
+    def observed(self, dev: WgDevice, taken: tuple[float, float]) -> None:
+        """A look at WireGuard (`taken`: when the dump was read): learn signs of life, move
+        endpoint trials on, update our report."""
         a = self.a
-        a.vitals.observe(dev)
+        a.vitals.observe(dev, taken)
         a.applier.mark(a.paths.observed(dev, a.mesh.peers()))
         if a.ready.is_set():
             self.report(a.vitals.review(a.presence.needed))

@@ -24,6 +24,9 @@ log = logging.getLogger("ikto.agent")
 PROBE_BUDGET = 64  # records read per tick at most, however many peers look silent
 
 
+RHYTHM_SLACK = 5.0  # at least: keepalives come up to ~0.3 s late (docs/facts.md), looks take time
+
+
 @dataclass(slots=True)
 class _Wire:
     """What our WireGuard showed of one public key."""
@@ -79,13 +82,18 @@ class Vitals:
         self._records: dict[str, _Record] = {}
         self._floor: float | None = None  # server clock: control-plane ages restart here
         self._looked_at: float | None = None  # monotonic time of the last look at WireGuard
+        self._look_gap = 0.0  # seconds between the last two looks, as they happened
         self._mass_silence_warned = False
 
     # Gathering evidence
 
-    def observe(self, dev: WgDevice) -> None:
-        """A fresh `wg show dump`: new handshakes and growing receive counters are signs."""
-        now, wall = self._clock.mono(), self._clock.wall()
+    def observe(self, dev: WgDevice, taken: tuple[float, float] | None = None) -> None:
+        """A fresh `wg show dump`: new handshakes and moving receive counters are signs.
+
+        `taken`: (monotonic, wall) time the dump was read, if it waited before reaching us."""
+        now, wall = taken if taken is not None else (self._clock.mono(), self._clock.wall())
+        if self._looked_at is not None:
+            self._look_gap = max(0.0, now - self._looked_at)
         self._looked_at = now
         wire = self._wire
         for pk, p in dev.peers.items():
@@ -95,7 +103,9 @@ class Vitals:
                 if p.latest_handshake:  # from before we looked: the wall clocks say how long ago
                     w.sign_at = w.session_at = now - max(0.0, wall - p.latest_handshake)
                 continue
-            if p.latest_handshake > w.handshake or p.rx_bytes > w.rx:
+            # A counter that went down was reset (the peer was re-added): new bytes since then
+            # are a sign too.
+            if p.latest_handshake > w.handshake or p.rx_bytes > w.rx or 0 < p.rx_bytes < w.rx:
                 w.sign_at = w.session_at = now
             w.rx, w.handshake = p.rx_bytes, p.latest_handshake
         for pk in wire.keys() - dev.peers.keys():
@@ -169,7 +179,8 @@ class Vitals:
         if w is None or held is None:
             return False
         looked = self._looked_at if self._looked_at is not None else self._clock.mono()
-        look = self._look_interval()
+        # Slack: one look, or the last gap between looks if it was longer (a busy host looks late).
+        look = max(self._look_interval(), self._look_gap, RHYTHM_SLACK)
         own = liveness.cadence(keeps_alive=held[1].speaks, keepalive=self._keepalive, look_interval=look)
         quiet = liveness.quiet(looked - max(w.sign_at or w.since, w.since), own)
         return quiet is not None and quiet > look

@@ -21,6 +21,7 @@ P = Policy(stale_after=45, remove_after=600, reclaim_after=3600)
 SELF = ipam.peer_key(ip_network("fd10:ffff::/48"))
 KEEPALIVE, LOOK = 5, 5.0
 V03 = cadence(keeps_alive=False, keepalive=KEEPALIVE, look_interval=LOOK)  # answers rekeys only
+RHYTHM = V03 - LOOK  # how often such a peer is heard
 
 
 def world(n: int = 3, **extra: object) -> tuple[Vitals, Mesh, FakeClock, list[tuple[str, str]]]:
@@ -121,3 +122,41 @@ def test_expire_and_come_back() -> None:
     assert v.expire() == set() and k1 in mesh.expired
     v.recorded(k1, datetime.fromtimestamp(clock.server() - 1, UTC))  # a witness saw it
     assert v.expire() == {p1} and k1 not in mesh.expired
+
+
+def test_a_late_look_does_not_make_a_live_peer_unreachable() -> None:
+    v, _, clock, peers = world(1)  # v0.3-style peers: heard at every rekey (RHYTHM), no keepalives
+    (_, p) = peers[0]
+    v.observe(dump({p: 100}))
+    clock.advance(LOOK)
+    v.observe(dump({p: 132}))  # heard at once
+    clock.advance(RHYTHM + LOOK + 7)  # the next look comes late (a busy host): 7 s past its time
+    v.observe(dump({p: 132}))  # it answered just after the last look: not seen yet
+    assert not v.past_rhythm(p)
+    for _ in range(2):  # looks on time again, and still nothing: quiet past its rhythm
+        clock.advance(LOOK)
+        v.observe(dump({p: 132}))
+    assert v.past_rhythm(p)
+
+
+def test_the_dump_time_not_the_time_it_reached_us_is_the_look() -> None:
+    v, _, clock, peers = world(1)
+    (_, p) = peers[0]
+    v.observe(dump({p: 100}))
+    clock.advance(LOOK)
+    taken = (clock.mono(), clock.wall())
+    clock.advance(10)  # the dump waited before it was handed over
+    v.observe(dump({p: 132}), taken)
+    assert v.handshake_age(p) == 10.0  # the bytes came before the dump was read, not after
+
+
+def test_counters_reset_by_a_re_add_then_growing_are_a_sign() -> None:
+    v, _, clock, peers = world(1)
+    (k, p) = peers[0]
+    v.observe(dump({p: 10_000}))
+    clock.advance(60)
+    v.observe(dump({p: 0}))  # removed and added again: counters start over, no sign yet
+    assert v.signs(k).handshake is None or v.signs(k).handshake >= 60 - V03
+    clock.advance(5)
+    v.observe(dump({p: 92}))  # fewer bytes than before the re-add, but new ones
+    assert v.signs(k).handshake == 0.0
