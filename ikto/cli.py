@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 runtime failure (NATS, WireGuard), 2 bad input (flags, 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from ikto.config import DEFAULT_MESH, DEFAULT_PREFIX, ConfigError, load_config, 
 from ikto.errors import IktoError, UsageError
 
 PROC_NET = Path("/proc/sys/net")  # forwarding knobs (ikto check, routed networks)
+STOP_WITHIN = 10.0  # seconds the agent's process may take to exit once the agent has stopped
 
 app = typer.Typer(
     name="ikto",
@@ -166,7 +168,16 @@ def agent(
     async def _serve(agent: Agent) -> Any:
         return await serve(agent, cfg.socket)
 
-    code = asyncio.run(a.run(serve_api=_serve))
+    async def _run() -> int:
+        try:
+            return await a.run(serve_api=_serve)
+        finally:
+            # A stop never hangs: if what is left (tasks, worker threads) keeps the process
+            # alive STOP_WITHIN s after the agent stopped, every thread's stack goes to the log
+            # and the process exits 1.
+            faulthandler.dump_traceback_later(STOP_WITHIN, exit=True)
+
+    code = asyncio.run(_run())
     if a.restart:  # a new key (rotation): run again, this process's pid and all
         os.execv(sys.executable, [sys.executable, "-m", "ikto", *sys.argv[1:]])
     raise typer.Exit(code)
