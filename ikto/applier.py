@@ -126,8 +126,10 @@ class Applier:
         """Look at `wg show dump`, learn from it, compare the whole mesh and repair any drift."""
         try:
             await asyncio.to_thread(self._ensure_interface)
-            taken = (time.monotonic(), time.time())
             dev = await asyncio.to_thread(self._wg.dump)
+            # As read: what follows (the lock) may wait. Not before the call: a process frozen
+            # in between (SIGSTOP) would date fresh bytes from before its freeze.
+            taken = (time.monotonic(), time.time())
         except WgError as e:
             log.error("reading WireGuard failed", extra=fields(error=e))
             return

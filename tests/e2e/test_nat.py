@@ -65,7 +65,11 @@ OPEN_FOLLOWS_WITHIN = KEEPALIVE + 15.0  # a NATed node's next keepalive comes fr
 # no sign for SESSION_FRESH (docs/liveness.md, "Endpoints"), then a round of candidates.
 NATED_FOLLOW_WITHIN = SESSION_FRESH + KEEPALIVE + 35.0
 SYMMETRIC_WINDOW = 120.0  # judge flapping over at least this long since the pair's agents started
-SETTLE = 30.0  # the first seconds, when a pair is still finding out there is no path
+# The first seconds, when a pair is still finding out there is no path: their entries speak for
+# them for stale_after (30 s); then one side's presence record must be written (decided at a
+# review, every heartbeat_interval: 10 s) and read by the other (a probe, as often). CI once saw
+# the pair stale at 40 s, ok again at 50 s.
+SETTLE = 30.0 + 2 * 10.0
 # v0.3 kept for longer than remove_after and reclaim_after, and across a renewed session
 # (its only signs are the handshakes our keepalives cause every REKEY_AFTER_TIME).
 V03_OBSERVE = REKEY_AFTER_TIME + KEEPALIVE + 10.0

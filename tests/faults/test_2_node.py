@@ -143,7 +143,8 @@ def test_node_silent_past_stale_then_back(healthy: FaultLab) -> None:
             lab.resume_agent(victim)
         wait_for(f"{victim} ok again", lambda: all(peer_states(lab, o)[victim] == "ok" for o in lookers), 10)
     assert guard.problems == []
-    assert all(s == "ok" for s in peer_states(lab, victim).values())
+    states = peer_states(lab, victim)
+    assert all(s == "ok" for s in states.values()), f"{victim} sees {states}"
     assert unreachable(lab, [(o, victim) for o in others]) == []
     lab.wait_converged(30)
 
