@@ -539,6 +539,14 @@ def sandbox(tag: str) -> Iterator[tuple[str, Path, str]]:
 # Output
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("?" if it does not say)."""
+    for ln in Path("/proc/cpuinfo").read_text().splitlines():
+        if ln.startswith("model name"):
+            return ln.split(":", 1)[1].strip()
+    return "?"
+
+
 def machine() -> dict[str, Any]:
     def ver(argv: list[str]) -> str:
         try:

@@ -56,7 +56,7 @@ from nats.js.kv import KeyValue
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import cpu_seconds, pct  # noqa: E402
+from bench.common import cpu_model, cpu_seconds, pct  # noqa: E402
 from ikto_lab.nats import NatsServer  # noqa: E402
 from ikto_lab.shell import LabError  # noqa: E402
 
@@ -922,14 +922,7 @@ def table(res: Json, args: argparse.Namespace) -> str:
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
+    cpu = cpu_model()
     return f"{os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}, nats-py {NATS_PY_VERSION}"
 
 

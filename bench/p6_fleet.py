@@ -725,14 +725,7 @@ def print_results(res: Json) -> None:
 
 
 def machine_line() -> str:
-    cpu_model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
+    cpu_model = c.cpu_model()
     return f"{os.cpu_count()} CPUs ({cpu_model}), shared: every process here competes with the server"
 
 
