@@ -22,8 +22,6 @@ from ikto.models import WgDevice
 log = logging.getLogger("ikto.agent")
 
 PROBE_BUDGET = 64  # records read per tick at most, however many peers look silent
-
-
 RHYTHM_SLACK = 5.0  # at least: keepalives come up to ~0.3 s late (docs/facts.md), looks take time
 
 
