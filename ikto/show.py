@@ -118,8 +118,13 @@ def mesh(m: dict[str, Any]) -> list[str]:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     pairs = m["unreachable_pairs"]
     summary = f"{len(m['nodes'])} nodes, {m['reporting']} reporting, "
-    if not pairs:
-        summary += "every node reaches every peer"
+    if not pairs:  # say only what the reports say
+        if m["reporting"] == 0:
+            summary += "no reports yet (nodes write theirs within a few seconds of starting)"
+        elif m["reporting"] < len(m["nodes"]):
+            summary += "every reporting node reaches its peers"
+        else:
+            summary += "every node reaches every peer"
     else:
         shown = ", ".join(f"{a} -> {b}" for a, b in pairs[:10]) + (", ..." if len(pairs) > 10 else "")
         summary += f"{len(pairs)} {'pair' if len(pairs) == 1 else 'pairs'} unreachable: {shown}"
