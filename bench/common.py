@@ -539,6 +539,29 @@ def sandbox(tag: str) -> Iterator[tuple[str, Path, str]]:
 # Output
 
 
+async def ask_each(
+    procs: list[asyncio.subprocess.Process],
+    cmd: dict[str, Any],
+    per_proc: list[dict[str, Any]] | None = None,
+    timeout: float = 120.0,
+    who: str = "bench",
+) -> list[dict[str, Any]]:
+    """Send one JSON line to each worker process (`cmd`, plus its own part of `per_proc`) and
+    read one JSON line back from each, in order."""
+    for i, p in enumerate(procs):
+        assert p.stdin is not None
+        p.stdin.write(json.dumps({**cmd, **(per_proc[i] if per_proc else {})}).encode() + b"\n")
+        await p.stdin.drain()
+    out = []
+    for p in procs:
+        assert p.stdout is not None
+        line = await asyncio.wait_for(p.stdout.readline(), timeout)
+        if not line:
+            raise SystemExit(f"{who}: a worker process died (its error is above)")
+        out.append(json.loads(line))
+    return out
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo ("?" if it does not say)."""
     for ln in Path("/proc/cpuinfo").read_text().splitlines():

@@ -56,7 +56,7 @@ from nats.js.kv import KeyValue
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import cpu_model, cpu_seconds, pct  # noqa: E402
+from bench.common import ask_each, cpu_model, cpu_seconds, pct  # noqa: E402
 from ikto_lab.nats import NatsServer  # noqa: E402
 from ikto_lab.shell import LabError  # noqa: E402
 
@@ -352,19 +352,7 @@ class Fleet:
             self.procs.append(p)
 
     async def call(self, cmd: Json, per_proc: list[Json] | None = None, timeout: float = 600) -> list[Json]:
-        for i, p in enumerate(self.procs):
-            assert p.stdin is not None
-            msg = dict(cmd, **(per_proc[i] if per_proc else {}))
-            p.stdin.write(json.dumps(msg).encode() + b"\n")
-            await p.stdin.drain()
-        replies = []
-        for p in self.procs:
-            assert p.stdout is not None
-            line = await asyncio.wait_for(p.stdout.readline(), timeout)
-            if not line:
-                raise SystemExit("nats_probe: a watcher process died (see its stderr above)")
-            replies.append(json.loads(line))
-        return replies
+        return await ask_each(self.procs, cmd, per_proc, timeout, who="nats_probe")
 
     async def grow_to(self, n: int) -> list[Json]:
         add = n - self.total

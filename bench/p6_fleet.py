@@ -280,18 +280,7 @@ class Workers:
         return await self.call({"cmd": "start", "nodes": nodes}, [{"sims": sh} for sh in shares], timeout=900)
 
     async def call(self, cmd: Json, per_proc: list[Json] | None = None, timeout: float = 120) -> list[Json]:
-        for i, p in enumerate(self.procs):
-            assert p.stdin is not None
-            p.stdin.write(json.dumps({**cmd, **(per_proc[i] if per_proc else {})}).encode() + b"\n")
-            await p.stdin.drain()
-        out = []
-        for p in self.procs:
-            assert p.stdout is not None
-            line = await asyncio.wait_for(p.stdout.readline(), timeout)
-            if not line:
-                raise SystemExit("p6: a worker process died (its error is above)")
-            out.append(json.loads(line))
-        return out
+        return await c.ask_each(self.procs, cmd, per_proc, timeout, who="p6")
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
